@@ -1,0 +1,3 @@
+"""autodrop: automatic learning-rate drops for PyTorch."""
+
+__all__: list[str] = []
