@@ -1,3 +1,12 @@
-"""autodrop: automatic learning-rate drops for PyTorch."""
+"""autodrop: automatic learning-rate drops for PyTorch.
 
-__all__: list[str] = []
+``AutoDrop`` drops the learning rate when the angular velocity of the parameter
+trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
+``AngularVelocity`` measures that angle alone, under any schedule.
+"""
+
+from .scheduler import AutoDrop
+from .velocity import AngularVelocity
+
+__all__ = ["AngularVelocity", "AutoDrop"]
+__version__ = "0.1.0"

@@ -1,0 +1,9 @@
+from autodrop.cli import main
+
+
+def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
+    main(["demo", "--out", str(tmp_path), "--epochs", "12", "--samples", "1000", "--delay", "2",
+          "--threshold", "1.0", "--window", "1"])
+    printed = capsys.readouterr().out
+    assert "drops; final lr" in printed
+    assert (tmp_path / "demo.png").stat().st_size > 10_000

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from autodrop.geometry import ParameterTrajectory
+
+from trajectories import flat64
+
+
+def make_params(dtypes=(torch.float32,)):
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 2, 4), (1,)]
+    return [
+        torch.randn(shape, generator=generator, dtype=torch.float64).to(dtypes[i % len(dtypes)])
+        for i, shape in enumerate(shapes)
+    ]
+
+
+def perturb(params, scale, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype))
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.float64,), (torch.float32, torch.float64, torch.bfloat16)])
+def test_reductions_match_float64_reference(dtypes):
+    params = make_params(dtypes)
+    trajectory = ParameterTrajectory(params)
+    snapshots = [flat64(params)]
+    results = []
+    for seed in range(4):
+        perturb(params, 0.1 * (seed + 1), seed)
+        snapshots.append(flat64(params))
+        results.append(trajectory.advance())
+
+    steps = np.diff(np.stack(snapshots), axis=0)
+    assert results[0].dot is None and results[0].previous_norm_sq is None
+    for i in range(1, 4):
+        np.testing.assert_allclose(results[i].dot, steps[i] @ steps[i - 1], rtol=1e-5)
+        np.testing.assert_allclose(results[i].norm_sq, steps[i] @ steps[i], rtol=1e-5)
+        np.testing.assert_allclose(results[i].previous_norm_sq, steps[i - 1] @ steps[i - 1], rtol=1e-5)
+
+
+def test_buffers_are_two_parameter_copies_in_at_least_fp32():
+    params = make_params((torch.float32, torch.bfloat16))
+    trajectory = ParameterTrajectory(params)
+    fp32_bytes = sum(p.numel() * 4 for p in params)
+    assert trajectory.buffer_bytes() == 2 * fp32_bytes
+    assert len(trajectory.buckets) == 2
+
+
+def test_write_params_and_rebase_round_trip():
+    params = make_params()
+    trajectory = ParameterTrajectory(params)
+    before = flat64(params)
+    perturb(params, 1.0, 1)
+    trajectory.write_params(trajectory.snapshots())
+    np.testing.assert_array_equal(flat64(params), before)
+
+
+def test_snapshot_device_cpu_holds_buffers_there():
+    trajectory = ParameterTrajectory(make_params(), snapshot_device="cpu")
+    assert all(b.snapshot.device.type == "cpu" and b.step.device.type == "cpu" for b in trajectory.buckets)
+
+
+@pytest.mark.parametrize("bad, message", [([], "empty"), (None, "more than once")])
+def test_rejects_empty_or_repeated_params(bad, message):
+    if bad is None:
+        p = torch.zeros(3)
+        bad = [p, p]
+    with pytest.raises(ValueError, match=message):
+        ParameterTrajectory(bad)
