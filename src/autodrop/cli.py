@@ -6,11 +6,13 @@ import argparse
 from collections.abc import Sequence
 
 from . import demo
+from .bench import command as bench
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="autodrop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo.add_arguments(commands.add_parser("demo", help="short AutoDrop run on MNIST-1D with a figure"))
+    bench.add_arguments(commands.add_parser("bench", help="AutoDrop against other LR schedules: tables and figures"))
     args = parser.parse_args(argv)
-    {"demo": demo.run}[args.command](args)
+    {"demo": demo.run, "bench": bench.run}[args.command](args)

@@ -11,25 +11,9 @@ from pathlib import Path
 
 import torch
 
+from .bench.tasks import mnist1d_tensors
 from .plots import plot_history
 from .scheduler import AutoDrop
-
-
-def mnist1d_tensors(num_samples: int, seed: int = 42) -> tuple[torch.Tensor, ...]:
-    """MNIST-1D train/test tensors made by ``mnist1d.data.make_dataset`` (never downloaded)."""
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as error:
-        raise ImportError("the demo needs mnist1d: pip install 'autodrop[bench]'") from error
-    args = get_dataset_args()
-    args.num_samples, args.seed = num_samples, seed
-    data = make_dataset(args)
-    return (
-        torch.tensor(data["x"], dtype=torch.float32),
-        torch.tensor(data["y"], dtype=torch.long),
-        torch.tensor(data["x_test"], dtype=torch.float32),
-        torch.tensor(data["y_test"], dtype=torch.long),
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,323 @@
+"""The benchmark's outputs: ``summary.csv``, ``report.md`` and its PNG figures.
+
+Everything is computed from the run records (``runs.jsonl``), as measured:
+
+- Table 1 analog: final / best test error at each task's LR, mean +- std over
+  seeds, and each schedule's paired (same seed) difference to the step schedule;
+- whether AutoDrop triggered, with the measured changes of omega against the
+  threshold (the evidence when the paper's 0.01 deg never or randomly fires);
+- Table 2 analog: final test error against the initial LR;
+- epochs-to-best (paper Fig. 7 analog);
+- figures: LR, omega, train loss and test error against epochs for every
+  schedule (Fig. 6 analog, one per task); AutoDrop's omega with its change and
+  threshold (:func:`autodrop.plots.plot_history`); test error against initial LR.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..plots import _pyplot, plot_history
+from .schedules import SCHEDULES
+from .tasks import TASKS
+
+__all__ = ["SUMMARY_COLUMNS", "write_report", "write_summary"]
+
+SUMMARY_COLUMNS = (
+    "task", "schedule", "optimizer", "lr", "seed", "epochs", "final_test_error", "best_test_error",
+    "best_epoch", "final_train_loss", "trigger_epochs", "drop_epochs", "diverged", "wall_s", "cpu_s",
+    "device", "threads",
+)
+
+Record = dict[str, Any]
+
+
+def write_summary(records: Iterable[Record], path: Path) -> Path:
+    """One CSV row per run with the summary numbers (lists joined by ``;``)."""
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(SUMMARY_COLUMNS)
+        for record in records:
+            writer.writerow([";".join(map(str, v)) if isinstance(v, list) else v
+                             for v in (record[c] for c in SUMMARY_COLUMNS)])
+    return path
+
+
+def _mean_std(values: Sequence[float], digits: int = 2) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (n=1)"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _order(names: Iterable[str]) -> list[str]:
+    registry = list(SCHEDULES)
+    return sorted(set(names), key=lambda n: (registry.index(n) if n in registry else len(registry), n))
+
+
+class _Runs:
+    """The records of one task, grouped for the tables."""
+
+    def __init__(self, records: list[Record], main_lrs: dict[str, float]) -> None:
+        self.records = records
+        self.main_lrs = main_lrs  # schedule -> the LR it is compared at
+        self.by_schedule_lr: dict[tuple[str, float], list[Record]] = defaultdict(list)
+        for record in records:
+            self.by_schedule_lr[(record["schedule"], record["lr"])].append(record)
+        for group in self.by_schedule_lr.values():
+            group.sort(key=lambda r: r["seed"])
+
+    def main(self, schedule: str) -> list[Record]:
+        return self.by_schedule_lr.get((schedule, self.main_lrs.get(schedule)), [])
+
+    @property
+    def schedules(self) -> list[str]:
+        return _order(s for s in self.main_lrs if self.main(s))
+
+
+def _split_by_task(records: list[Record]) -> dict[str, _Runs]:
+    tasks: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        tasks[record["task"]].append(record)
+    result = {}
+    for name, task_records in tasks.items():
+        lr_of = {r["optimizer"]: TASKS[name].lr[r["optimizer"]] for r in task_records}
+        main_lrs = {r["schedule"]: lr_of[r["optimizer"]] for r in task_records}
+        result[name] = _Runs(task_records, main_lrs)
+    return result
+
+
+def _comparison(runs: _Runs) -> list[str]:
+    step = {r["seed"]: r["final_test_error"] for r in runs.main("step")}
+    rows = []
+    for schedule in runs.schedules:
+        group = runs.main(schedule)
+        paired = [r["final_test_error"] - step[r["seed"]] for r in group if r["seed"] in step]
+        drops = sorted({tuple(r["drop_epochs"]) for r in group})
+        rows.append([
+            f"`{schedule}`",
+            f"{group[0]['lr']:g}",
+            len(group),
+            _mean_std([r["final_test_error"] for r in group]),
+            _mean_std([r["best_test_error"] for r in group]),
+            _mean_std([float(r["best_epoch"]) for r in group], 1),
+            _mean_std([r["final_train_loss"] for r in group], 4),
+            "—" if schedule == "step" or not paired else _mean_std(paired),
+            "; ".join(str(list(d)) for d in drops) if any(drops) else "—",
+            f"{statistics.mean(r['wall_s'] for r in group):.0f}",
+        ])
+    header = ["schedule", "LR", "seeds", "final test error %", "best test error %", "epoch of best",
+              "final train loss", "final − step (paired) pp", "AutoDrop drop epochs", "s/run"]
+    return _table(header, rows)
+
+
+def _trigger_evidence(runs: _Runs) -> list[str]:
+    lines: list[str] = []
+    for schedule in runs.schedules:
+        group = runs.main(schedule)
+        if not group or group[0]["history"] is None:
+            continue
+        settings = group[0]["settings"]
+        theta0 = group[0]["history"][0]["threshold"]
+        triggered = [r for r in group if r["trigger_epochs"]]
+        deltas = [h["delta"] for r in group for h in r["history"] if h["delta"] is not None]
+        late_omega = [h["omega"] for r in group for h in r["history"][-5:] if h["omega"] is not None]
+        lines.append(
+            f"- `{schedule}` ({', '.join(f'{k} {v}' for k, v in settings.items())}): triggered in "
+            f"{len(triggered)} of {len(group)} runs"
+            + (f" (trigger epochs {[r['trigger_epochs'] for r in triggered]}, drop epochs "
+               f"{[r['drop_epochs'] for r in triggered]})" if triggered else "")
+            + "."
+        )
+        if deltas and late_omega:
+            median = statistics.median(deltas)
+            below = sum(d < theta0 for d in deltas)
+            lines.append(
+                f"  The epoch-to-epoch change of (window-averaged) omega had median {median:.3g} deg and "
+                f"minimum {min(deltas):.3g} deg; {below} of {len(deltas)} changes were below the initial "
+                f"threshold {theta0:g} deg. Omega over the last 5 epochs averaged "
+                f"{statistics.mean(late_omega):.1f} deg."
+            )
+            if median > 10 * theta0:
+                lines.append(
+                    f"  The typical change is {median / theta0:.0f}x the initial threshold: a trigger needs "
+                    "one change to fall below it by chance, so whether and when it fires here is noise, not "
+                    "a detected saturation (see the omega figure below)."
+                )
+    return lines + [""] if lines else []
+
+
+def _sweep(runs: _Runs) -> tuple[list[str], dict[str, list[tuple[float, list[float]]]]]:
+    swept = _order(s for (s, lr) in runs.by_schedule_lr
+                   if len({lr2 for (s2, lr2) in runs.by_schedule_lr if s2 == s}) > 1)
+    if not swept:
+        return [], {}
+    curves = {s: sorted((lr, [r["final_test_error"] for r in group])
+                        for (s2, lr), group in runs.by_schedule_lr.items() if s2 == s) for s in swept}
+    lrs = sorted({lr for points in curves.values() for lr, _ in points})
+    rows = []
+    for lr in lrs:
+        row = [f"{lr:g}"]
+        for schedule in swept:
+            errors = dict(curves[schedule]).get(lr)
+            row.append(_mean_std(errors) if errors else "—")
+        rows.append(row)
+    return _table(["initial LR"] + [f"`{s}` final test error %" for s in swept], rows), curves
+
+
+def _epochs_to_best(runs: _Runs) -> list[str]:
+    step_final = [r["final_test_error"] for r in runs.main("step")]
+    target = statistics.mean(step_final) if step_final else None
+    rows = []
+    for schedule in runs.schedules:
+        group = runs.main(schedule)
+        reach = []
+        if target is not None:
+            for r in group:
+                hits = [i + 1 for i, e in enumerate(r["test_error"]) if e <= target]
+                reach.append(str(hits[0]) if hits else "never")
+        rows.append([f"`{schedule}`", _mean_std([float(r["best_epoch"]) for r in group], 1),
+                     ", ".join(reach) if reach else "—", group[0]["epochs"]])
+    target_text = f"{target:.2f} %" if target is not None else "n/a (no step runs)"
+    header = ["schedule", "epoch of best test error", f"first epoch at or below step's final error ({target_text}), "
+              "per seed", "epochs"]
+    return _table(header, rows)
+
+
+def _plot_curves(runs: _Runs, task: str, path: Path) -> Path:
+    plt = _pyplot()
+    figure, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
+    for schedule in runs.schedules:
+        record = runs.main(schedule)[0]
+        epochs = range(1, len(record["test_error"]) + 1)
+        line = axes[0].semilogy(epochs, record["epoch_lr"], drawstyle="steps-post", label=schedule)[0]
+        color = line.get_color()
+        axes[1].plot(epochs, [math.nan if v is None else v for v in record["omega"]], color=color)
+        axes[2].semilogy(epochs, record["train_loss"], color=color)
+        axes[3].plot(epochs, record["test_error"], color=color)
+        for drop in record["drop_epochs"]:
+            for axis in axes:
+                axis.axvline(drop, color=color, lw=0.8, ls=":")
+    for axis, label in zip(axes, ("LR during epoch", "omega (deg)", "train loss", "test error %")):
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    errors = [e for s in runs.schedules for e in runs.main(s)[0]["test_error"]]
+    low = min(errors)
+    axes[3].set_ylim(low * 0.9, min(max(errors), low * 3))
+    axes[0].legend(fontsize=8, ncol=2)
+    axes[-1].set_xlabel("epoch")
+    axes[0].set_title(f"{task}: every schedule at its compared LR, seed {runs.main(runs.schedules[0])[0]['seed']}"
+                      " (dotted: AutoDrop drops)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _plot_sweep(curves: dict[str, list[tuple[float, list[float]]]], task: str, path: Path) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for schedule, points in curves.items():
+        lrs = [lr for lr, _ in points]
+        means = [statistics.mean(e) for _, e in points]
+        stds = [statistics.stdev(e) if len(e) > 1 else 0.0 for _, e in points]
+        axis.errorbar(lrs, means, yerr=stds, marker="o", capsize=3, label=schedule)
+    axis.set_xscale("log")
+    axis.set_xlabel("initial LR")
+    axis.set_ylabel("final test error %")
+    axis.set_title(f"{task}: final test error against the initial LR (mean ± std over seeds)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path:
+    """Write ``summary.csv``, ``report.md`` and ``figures/*.png`` under ``out``; return the report path.
+
+    ``meta`` is printed in the report's header: ``suite``, ``description``,
+    ``command``, ``machine``, ``wall_s`` (this invocation), ``jobs``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    write_summary(records, out / "summary.csv")
+    wall = meta.get("wall_s")
+    lines = [
+        f"# AutoDrop benchmark: `{meta.get('suite', '?')}` suite",
+        "",
+        f"{meta.get('description', '')}",
+        "",
+        f"- Command: `{meta.get('command', '')}`",
+        f"- Machine: {meta.get('machine', '')}",
+        f"- {len(records)} runs; this invocation took "
+        + (f"{wall / 60:.1f} min wall clock" if wall is not None else "—")
+        + f" with --jobs {meta.get('jobs', 1)}; training CPU time summed over runs "
+        f"{sum(r['cpu_s'] for r in records) / 60:.1f} min.",
+        "- Per-run curves: `runs.jsonl` (one JSON object per run); one row per run: `summary.csv`.",
+        "",
+        "## Set-up",
+        "",
+    ]
+    task_rows, schedule_rows = [], {}
+    for name in sorted({r["task"] for r in records}):
+        group = [r for r in records if r["task"] == name]
+        task_rows.append([f"`{name}`", TASKS[name].description, group[0]["epochs"], group[0]["batch_size"],
+                          group[0]["num_params"], ", ".join(sorted({r["optimizer"] for r in group}))])
+        for r in group:
+            settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
+            schedule_rows.setdefault(r["schedule"], [f"`{r['schedule']}`", SCHEDULES[r["schedule"]].description
+                                                     if r["schedule"] in SCHEDULES else "", settings])
+    lines += _table(["task", "data and model", "epochs", "batch", "parameters", "optimizer"], task_rows)
+    lines += _table(["schedule", "what", "settings in these runs"], [schedule_rows[s] for s in _order(schedule_rows)])
+    lines += [
+        "Optimizers: SGD with Nesterov momentum 0.9 and weight decay 5e-4 (the paper's); AdamW with "
+        "weight decay 1e-2. Test error is measured after every epoch, on the test set; the validation "
+        "split (held out of the training set, the same for all runs) feeds ReduceLROnPlateau. "
+        "AutoDrop's delay is the paper's 20 epochs of 200, scaled to the same 1:10 ratio when a run is "
+        "shorter (the `delay` above). At an AutoDrop drop the parameters are averaged over the delay "
+        "window and BatchNorm statistics are recomputed on the training inputs.",
+        "",
+    ]
+    for task, runs in _split_by_task(records).items():
+        lines += [f"## Task `{task}`", "", "### Test error at the compared LR (paper Table 1 analog)", ""]
+        lines += _comparison(runs)
+        evidence = _trigger_evidence(runs)
+        if evidence:
+            lines += ["### Did AutoDrop trigger?", ""] + evidence
+        sweep_table, curves = _sweep(runs)
+        if sweep_table:
+            lines += ["### Robustness to the initial LR (paper Table 2 analog)", ""] + sweep_table
+        lines += ["### Epochs to best (paper Fig. 7 analog)", ""] + _epochs_to_best(runs)
+        lines += ["### Figures", ""]
+        curve_path = _plot_curves(runs, task, figures / f"{task}-curves.png")
+        lines += [f"LR, omega, train loss and test error against epochs (paper Fig. 6 analog):", "",
+                  f"![{task} curves](figures/{curve_path.name})", ""]
+        for schedule in runs.schedules:
+            record = runs.main(schedule)[0]
+            if record["history"] is not None:
+                path = plot_history(record["history"], figures / f"{task}-{schedule}-omega.png",
+                                    record["train_loss"], title=f"{task}: {schedule}, seed {record['seed']}")
+                lines += [f"`{schedule}`: omega, its change against the threshold (log scale), LR and loss:", "",
+                          f"![{task} {schedule} omega](figures/{path.name})", ""]
+        if curves:
+            path = _plot_sweep(curves, task, figures / f"{task}-lr-sweep.png")
+            lines += ["Final test error against the initial LR:", "", f"![{task} LR sweep](figures/{path.name})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report

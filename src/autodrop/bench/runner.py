@@ -1,0 +1,346 @@
+"""What a suite runs, and running it: one training run per (task, schedule, LR, seed).
+
+Each run trains with minibatches indexed straight from tensors (no DataLoader:
+several times faster for these small models), evaluates validation loss and
+test error after every epoch, then drives its schedule row once. Omega is
+recorded for every schedule: AutoDrop's own ``history`` for the AutoDrop rows,
+an :class:`~autodrop.AngularVelocity` beside the optimizer for the others.
+Runs go to ``runs.jsonl`` one JSON line each as they finish; a run whose key is
+already there is not repeated, so an interrupted suite resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..velocity import AngularVelocity
+from .schedules import SCHEDULES, Setup
+from .tasks import TASKS, DataSource, load_task_data
+
+__all__ = ["PAPER_LR_FACTORS", "SUITES", "RunSpec", "Suite", "plan_runs", "run_all", "run_one"]
+
+# The paper's Table 2 LRs 0.03 / 0.05 / 0.1 / 0.15 around its 0.05: a 5x span.
+PAPER_LR_FACTORS = (0.6, 1.0, 2.0, 3.0)
+# ActiveLR's claim is robustness over orders of magnitude: 0.1x to 10x.
+ACTIVE_LR_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A set of runs: schedules compared at each task's LR, plus an initial-LR sweep.
+
+    Args:
+        name: registry key (``--suite``).
+        description: one line for the report.
+        tasks: task names (``tasks.TASKS``).
+        schedules: rows compared at each task's default LR (``schedules.SCHEDULES``).
+        seeds: seeds of the comparison.
+        sweep: schedule -> multipliers of the task's LR for the sweep.
+        sweep_seeds: seeds of the sweep's other LRs.
+        epochs: task -> epochs for this suite (default: the task's).
+    """
+
+    name: str
+    description: str
+    tasks: tuple[str, ...]
+    schedules: tuple[str, ...]
+    seeds: int
+    sweep: dict[str, tuple[float, ...]]
+    sweep_seeds: int
+    epochs: dict[str, int] = field(default_factory=dict)
+
+
+_COMPARED = ("constant", "step", "cosine", "plateau", "autodrop", "autodrop-smooth", "activesgd")
+_PAPER_SWEEP = {"step": PAPER_LR_FACTORS, "autodrop": PAPER_LR_FACTORS}
+
+SUITES: dict[str, Suite] = {
+    suite.name: suite
+    for suite in (
+        Suite("quick", "real MNIST, MLP 256-256, 20 epochs: the main job, under 10 minutes on 2 cores "
+              "with --jobs 2", ("mnist-mlp",), _COMPARED, seeds=2, sweep=_PAPER_SWEEP, sweep_seeds=1),
+        Suite("standard", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 60 epochs, 4 seeds: hours on 2 cores",
+              ("mnist-mlp", "mnist1d-cnn"), _COMPARED + ("activeadamw",), seeds=4,
+              sweep={**_PAPER_SWEEP, "activesgd": ACTIVE_LR_FACTORS}, sweep_seeds=4,
+              epochs={"mnist-mlp": 60, "mnist1d-cnn": 60}),
+        Suite("cifar10", "ResNet-18 on CIFAR-10 from --data-dir, 200 epochs, the paper's setting (GPU)",
+              ("cifar10-resnet18",), _COMPARED, seeds=4, sweep=_PAPER_SWEEP, sweep_seeds=4),
+        Suite("tiny", "scikit-learn digits, small CNN with BatchNorm, 3 epochs: a smoke test, "
+              "does not separate schedules", ("digits-cnn",), _COMPARED, seeds=1, sweep=_PAPER_SWEEP,
+              sweep_seeds=1),
+    )
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run depends on (picklable, for worker processes)."""
+
+    task: str
+    schedule: str
+    optimizer: str
+    lr: float
+    seed: int
+    epochs: int
+    batch_size: int
+    device: str = "auto"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of the run's result: what it trains, not where."""
+        return (f"{self.task}/{self.schedule}/{self.optimizer}/lr={self.lr:g}/seed={self.seed}/"
+                f"epochs={self.epochs}/batch={self.batch_size}")
+
+
+def plan_runs(
+    suite: Suite,
+    *,
+    optimizer: str = "sgd",
+    schedules: Iterable[str] | None = None,
+    seeds: int | None = None,
+    epochs: int | None = None,
+    lrs: Iterable[float] | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> list[RunSpec]:
+    """The suite's runs: each schedule at the task's LR over ``seeds``, then the LR sweep.
+
+    ``schedules`` restricts both parts; ``seeds`` sets both parts' seed count;
+    ``lrs`` replaces the sweep's LRs (absolute values) for every sweep schedule;
+    ``epochs`` overrides every task's. Rows not available (ActiveLR before it
+    ships) are left out of the suite's defaults; naming one raises.
+    """
+    if schedules is None:
+        chosen = [name for name in suite.schedules if name in SCHEDULES]
+    else:
+        chosen = list(dict.fromkeys(schedules))
+        unknown = [name for name in chosen if name not in SCHEDULES]
+        if unknown:
+            raise ValueError(f"--schedules {unknown} unknown; available: {sorted(SCHEDULES)}")
+    lrs = None if lrs is None else sorted(set(lrs))
+    if lrs is not None and any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        raise ValueError(f"--lrs must be positive numbers, got {lrs}")
+    specs: list[RunSpec] = []
+    for task_name in suite.tasks:
+        task = TASKS[task_name]
+        task_epochs = epochs or suite.epochs.get(task_name, task.epochs)
+
+        def spec(schedule: str, lr: float, seed: int) -> RunSpec:
+            family = SCHEDULES[schedule].optimizer or optimizer
+            return RunSpec(task_name, schedule, family, lr, seed, task_epochs, task.batch_size,
+                           device, data_dir, cache_dir)
+
+        main_seeds = range(seeds or suite.seeds)
+        for schedule in chosen:
+            lr = task.lr[SCHEDULES[schedule].optimizer or optimizer]
+            specs += [spec(schedule, lr, seed) for seed in main_seeds]
+        for schedule, factors in suite.sweep.items():
+            if schedule not in chosen:
+                continue
+            base = task.lr[SCHEDULES[schedule].optimizer or optimizer]
+            sweep_lrs = lrs if lrs is not None else [round(base * f, 12) for f in factors]
+            for lr in sweep_lrs:
+                specs += [spec(schedule, lr, seed) for seed in range(seeds or suite.sweep_seeds)]
+    return list({s.key: s for s in specs}.values())
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; anything else as torch spells it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {device!r} is not a torch device: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
+    return resolved
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy and error in percent, in eval mode."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    wrong = torch.zeros((), device=x.device)
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss += nn.functional.cross_entropy(logits, target, reduction="sum")
+        wrong += (logits.argmax(1) != target).sum()
+    model.train()
+    return loss.item() / len(x), 100.0 * wrong.item() / len(x)
+
+
+def batchnorm_refresh(model: nn.Module, inputs: Tensor, batch_size: int = 1024) -> Callable[[], None]:
+    """A callback recomputing BatchNorm running statistics on ``inputs`` (no-op without BatchNorm)."""
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+    def refresh() -> None:
+        if has_batchnorm:
+            batches = [inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size)]
+            torch.optim.swa_utils.update_bn(batches, model)
+
+    return refresh
+
+
+def _progress(spec: RunSpec, position: int):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as error:
+        raise ImportError("the benchmark needs tqdm: pip install 'autodrop[bench]'") from error
+    return tqdm(total=spec.epochs, position=position, leave=False, dynamic_ncols=True, unit="epoch",
+                desc=f"{spec.task} {spec.schedule} lr={spec.lr:g} seed {spec.seed}")
+
+
+def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
+    """Train one run and return its record (per-epoch curves and the summary numbers)."""
+    torch.manual_seed(spec.seed)
+    device = resolve_device(spec.device)
+    task, schedule = TASKS[spec.task], SCHEDULES[spec.schedule]
+    source = DataSource(spec.data_dir and Path(spec.data_dir), spec.cache_dir and Path(spec.cache_dir))
+    data = load_task_data(spec.task, source).to(device)
+    model = task.model(data).to(device)
+    steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
+    control = schedule.build(Setup(model, spec.lr, spec.optimizer, spec.epochs, steps_per_epoch,
+                                   batchnorm_refresh(model, data.x_train)))
+    optimizer, autodrop = control.optimizer, control.autodrop
+    velocity = AngularVelocity(model.parameters()) if autodrop is None else None
+    generator = torch.Generator().manual_seed(spec.seed)
+    curves: dict[str, list] = {name: [] for name in
+                               ("train_loss", "val_loss", "test_error", "epoch_lr", "omega", "delta", "threshold", "event")}
+    diverged = False
+    wall, cpu = time.perf_counter(), time.process_time()
+    with _progress(spec, position) as bar:
+        for _ in range(spec.epochs):
+            lr = float(optimizer.param_groups[0]["lr"])
+            order = torch.randperm(len(data.x_train), generator=generator).to(device)
+            total = torch.zeros((), device=device)
+            for start in range(0, len(order), spec.batch_size):
+                batch = order[start : start + spec.batch_size]
+                inputs = data.x_train[batch]
+                if data.augment is not None:
+                    inputs = data.augment(inputs, generator)
+                loss = nn.functional.cross_entropy(model(inputs), data.y_train[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(batch)
+            train_loss = total.item() / len(order)
+            val_loss, _ = evaluate(model, data.x_val, data.y_val)
+            control.end_epoch(val_loss)
+            if autodrop is not None:
+                record = autodrop.history[-1]
+                omega, delta, threshold, event = record["omega"], record["delta"], record["threshold"], record["event"]
+            else:
+                omega, delta, threshold, event = velocity.update(), None, None, None
+            _, test_error = evaluate(model, data.x_test, data.y_test)
+            for name, value in zip(curves, (train_loss, val_loss, test_error, lr, omega, delta, threshold, event)):
+                curves[name].append(value)
+            bar.set_postfix(lr=f"{lr:.2e}", omega="-" if omega is None else f"{omega:.1f}",
+                            err=f"{test_error:.2f}%", refresh=False)
+            bar.update()
+            if not math.isfinite(train_loss):
+                diverged = True
+                break
+    errors = curves["test_error"]
+    best = min(range(len(errors)), key=errors.__getitem__)
+    return {
+        "key": spec.key,
+        **asdict(spec),
+        "history": autodrop.history if autodrop is not None else None,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "settings": control.settings,
+        **curves,
+        "final_test_error": errors[-1],
+        "best_test_error": errors[best],
+        "best_epoch": best + 1,
+        "final_train_loss": curves["train_loss"][-1],
+        "trigger_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "trigger"],
+        "drop_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "drop"],
+        "diverged": diverged,
+        "wall_s": time.perf_counter() - wall,
+        "cpu_s": time.process_time() - cpu,
+    }
+
+
+_position = 0
+
+
+def _init_worker(positions: Any, threads: int) -> None:
+    global _position
+    _position = positions.get()
+    torch.set_num_threads(threads)
+
+
+def _run_in_worker(spec: RunSpec) -> dict[str, Any]:
+    return run_one(spec, _position)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records in a ``runs.jsonl`` (empty when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_all(
+    specs: list[RunSpec],
+    runs_path: Path,
+    jobs: int = 1,
+    on_record: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every spec not yet in ``runs_path`` (JSON lines, appended as runs finish).
+
+    ``jobs > 1`` runs that many worker processes (spawned), each with
+    ``cpu_count // jobs`` threads: on small models two single-thread processes
+    beat one two-thread process. Returns the records of all ``specs``, those
+    found in the file included, in the order of ``specs``.
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    done = {record["key"]: record for record in read_records(runs_path)}
+    todo = [spec for spec in specs if spec.key not in done]
+    runs_path.parent.mkdir(parents=True, exist_ok=True)
+    with runs_path.open("a") as file:
+
+        def finish(record: dict[str, Any]) -> None:
+            done[record["key"]] = record
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            finished.append(record["key"])
+            if on_record is not None:
+                on_record(record, len(finished), len(todo))
+
+        finished: list[str] = []
+
+        if jobs == 1 or len(todo) <= 1:
+            for spec in todo:
+                finish(run_one(spec))
+        else:
+            context = multiprocessing.get_context("spawn")
+            positions = context.Queue()
+            for position in range(jobs):
+                positions.put(position)
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                     initargs=(positions, threads)) as pool:
+                for future in as_completed([pool.submit(_run_in_worker, spec) for spec in todo]):
+                    finish(future.result())
+    return [done[spec.key] for spec in specs]

@@ -1,0 +1,169 @@
+"""The LR schedules the benchmark compares, each at the paper's settings where it has them.
+
+A schedule row builds the optimizer and whatever changes its LR, and is driven
+once per epoch by ``end_epoch(val_loss)``. Rows:
+
+- ``constant``: the initial LR throughout;
+- ``step``: MultiStepLR at 30/60/80 % of the epochs, gamma 0.2 (the paper's
+  60/120/160 of 200 epochs, gamma = AutoDrop's factor);
+- ``cosine``: CosineAnnealingLR over all epochs down to 0;
+- ``plateau``: ReduceLROnPlateau on the validation loss, torch defaults
+  (patience 10, threshold 1e-4 relative) except factor 0.2;
+- ``autodrop``: AutoDrop with the paper's defaults (factor 0.2, threshold 0.01
+  deg, max threshold 1 deg, min LR 1e-4, averaging on, window 1) and delay 20,
+  scaled down only when the run is shorter than the paper's 200 epochs (see
+  :func:`autodrop_delay`);
+- ``autodrop-smooth``: a named, non-paper detector option benchmarked beside
+  the faithful one: omega averaged over 5 epochs and threshold 0.2 deg (the
+  demo's setting), because on small tasks omega moves by 1-2 deg from epoch to
+  epoch, far above the paper's 0.01 deg.
+
+Optimizers: SGD with Nesterov momentum 0.9 and weight decay 5e-4 (the paper's),
+or AdamW (torch defaults, weight decay 1e-2).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from ..scheduler import AutoDrop
+
+__all__ = ["PAPER_DELAY", "PAPER_EPOCHS", "SCHEDULES", "Control", "Schedule", "Setup", "autodrop_delay"]
+
+PAPER_EPOCHS = 200
+PAPER_DELAY = 20
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "sgd": {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+    "adamw": {"weight_decay": 1e-2},
+}
+
+
+def autodrop_delay(epochs: int) -> int:
+    """The paper's delay n_d = 20 of 200 epochs; for shorter runs the same 1:10 ratio, at least 1."""
+    if epochs >= PAPER_EPOCHS:
+        return PAPER_DELAY
+    return max(1, round(PAPER_DELAY * epochs / PAPER_EPOCHS))
+
+
+@dataclass
+class Setup:
+    """What a schedule row needs to build its optimizer and LR control.
+
+    Args:
+        model: the model (its parameters are optimized).
+        lr: initial LR.
+        optimizer: ``"sgd"`` or ``"adamw"`` (the run's optimizer family).
+        epochs: planned number of epochs.
+        steps_per_epoch: optimizer steps in one epoch.
+        refresh_batchnorm: recomputes BatchNorm statistics on the training
+            inputs (called after AutoDrop averages the parameters).
+    """
+
+    model: nn.Module
+    lr: float
+    optimizer: str
+    epochs: int
+    steps_per_epoch: int
+    refresh_batchnorm: Callable[[], None]
+
+
+@dataclass
+class Control:
+    """A built row: the optimizer, the per-epoch hook, and the AutoDrop scheduler if there is one."""
+
+    optimizer: Optimizer
+    end_epoch: Callable[[float], None]
+    autodrop: AutoDrop | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A registry row: a name, a line for the report, its builder, and its optimizer family
+    (``None``: the run's ``--optimizer``; a row that builds its own optimizer names one)."""
+
+    name: str
+    description: str
+    build: Callable[[Setup], Control]
+    optimizer: str | None = None
+
+
+def make_optimizer(setup: Setup) -> Optimizer:
+    """SGD (Nesterov 0.9, weight decay 5e-4) or AdamW (weight decay 1e-2) at ``setup.lr``."""
+    cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[setup.optimizer]
+    return cls(setup.model.parameters(), lr=setup.lr, **OPTIMIZERS[setup.optimizer])
+
+
+def _constant(setup: Setup) -> Control:
+    return Control(make_optimizer(setup), lambda val_loss: None)
+
+
+def _step(setup: Setup) -> Control:
+    optimizer = make_optimizer(setup)
+    milestones = sorted({max(1, round(f * setup.epochs)) for f in (0.3, 0.6, 0.8)})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
+    return Control(optimizer, lambda val_loss: scheduler.step(), settings={"milestones": milestones})
+
+
+def _cosine(setup: Setup) -> Control:
+    optimizer = make_optimizer(setup)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=setup.epochs)
+    return Control(optimizer, lambda val_loss: scheduler.step())
+
+
+def _plateau(setup: Setup) -> Control:
+    optimizer = make_optimizer(setup)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.2)
+    return Control(optimizer, scheduler.step)
+
+
+def _autodrop(**options: Any) -> Callable[[Setup], Control]:
+    def build(setup: Setup) -> Control:
+        optimizer = make_optimizer(setup)
+        settings = {"delay": autodrop_delay(setup.epochs), **options}
+        scheduler = AutoDrop(optimizer, after_average=setup.refresh_batchnorm, **settings)
+        return Control(optimizer, lambda val_loss: scheduler.step(), autodrop=scheduler, settings=settings)
+
+    return build
+
+
+def _active(cls: type[Optimizer]) -> Callable[[Setup], Control]:
+    """ActiveLR with no LR schedule, as its authors ran it; the row's optimizer family's settings."""
+    def build(setup: Setup) -> Control:
+        optimizer = cls(setup.model.parameters(), lr=setup.lr, steps_per_epoch=setup.steps_per_epoch,
+                        **OPTIMIZERS[setup.optimizer])
+        return Control(optimizer, lambda val_loss: optimizer.end_epoch())
+
+    return build
+
+
+def available_schedules() -> dict[str, Schedule]:
+    """Every row; the ActiveLR rows only once ``autodrop`` ships its optimizers."""
+    rows = [
+        Schedule("constant", "constant LR", _constant),
+        Schedule("step", "MultiStepLR at 30/60/80% of the epochs, gamma 0.2", _step),
+        Schedule("cosine", "cosine annealing to 0 over the run", _cosine),
+        Schedule("plateau", "ReduceLROnPlateau on validation loss, factor 0.2, patience 10", _plateau),
+        Schedule("autodrop", "AutoDrop, paper defaults (factor 0.2, threshold 0.01 deg, window 1)",
+                 _autodrop()),
+        Schedule("autodrop-smooth", "AutoDrop, non-paper option: window 5, threshold 0.2 deg",
+                 _autodrop(window=5, threshold=0.2)),
+    ]
+    package = importlib.import_module("autodrop")
+    if hasattr(package, "ActiveSGD"):
+        rows.append(Schedule("activesgd", "ActiveSGD (ActiveLR), no LR schedule", _active(package.ActiveSGD),
+                             optimizer="sgd"))
+    if hasattr(package, "ActiveAdamW"):
+        rows.append(Schedule("activeadamw", "ActiveAdamW (ActiveLR), no LR schedule",
+                             _active(package.ActiveAdamW), optimizer="adamw"))
+    return {row.name: row for row in rows}
+
+
+SCHEDULES = available_schedules()
