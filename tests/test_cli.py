@@ -1,3 +1,6 @@
+import csv
+import json
+
 from autodrop.cli import main
 
 
@@ -7,3 +10,38 @@ def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "drops; final lr" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--suite", "tiny", "--schedules", "constant", "step", "autodrop", "--lrs", "0.05", "0.1",
+            "--epochs", "3", "--seeds", "1", "--jobs", "1", "--device", "cpu", "--out", str(out)]
+    main(argv)
+    printed = capsys.readouterr().out
+    # 3 schedules at the task's LR 0.05, plus step and autodrop at 0.1 for the sweep.
+    assert "5 runs on digits-cnn" in printed and "[5/5]" in printed
+
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["schedule"], r["lr"]) for r in records) == [
+        ("autodrop", 0.05), ("autodrop", 0.1), ("constant", 0.05), ("step", 0.05), ("step", 0.1)]
+    for record in records:
+        assert len(record["test_error"]) == len(record["omega"]) == len(record["epoch_lr"]) == 3
+        assert record["best_test_error"] == min(record["test_error"])
+    with (out / "summary.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 5 and {row["schedule"] for row in rows} == {"constant", "step", "autodrop"}
+
+    report = (out / "report.md").read_text()
+    for heading in ("# AutoDrop benchmark: `tiny` suite", "## Set-up", "## Task `digits-cnn`",
+                    "### Test error at the compared LR (paper Table 1 analog)", "### Did AutoDrop trigger?",
+                    "### Robustness to the initial LR (paper Table 2 analog)",
+                    "### Epochs to best (paper Fig. 7 analog)", "### Figures"):
+        assert heading in report
+    for figure in ("digits-cnn-curves.png", "digits-cnn-autodrop-omega.png", "digits-cnn-lr-sweep.png"):
+        assert f"](figures/{figure})" in report
+        assert (out / "figures" / figure).stat().st_size > 10_000
+    assert "| `autodrop` | 0.05 | 1 |" in report and "| 0.1 | " in report
+
+    main(argv)  # the same runs again: all found in runs.jsonl, nothing retrained
+    assert "(5 already in" in capsys.readouterr().out
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 5

@@ -106,7 +106,6 @@ def _comparison(runs: _Runs) -> list[str]:
     for schedule in runs.schedules:
         group = runs.main(schedule)
         paired = [r["final_test_error"] - step[r["seed"]] for r in group if r["seed"] in step]
-        drops = sorted({tuple(r["drop_epochs"]) for r in group})
         rows.append([
             f"`{schedule}`",
             f"{group[0]['lr']:g}",
@@ -116,11 +115,11 @@ def _comparison(runs: _Runs) -> list[str]:
             _mean_std([float(r["best_epoch"]) for r in group], 1),
             _mean_std([r["final_train_loss"] for r in group], 4),
             "—" if schedule == "step" or not paired else _mean_std(paired),
-            "; ".join(str(list(d)) for d in drops) if any(drops) else "—",
+            "; ".join(str(r["drop_epochs"]) for r in group) if any(r["drop_epochs"] for r in group) else "—",
             f"{statistics.mean(r['wall_s'] for r in group):.0f}",
         ])
     header = ["schedule", "LR", "seeds", "final test error %", "best test error %", "epoch of best",
-              "final train loss", "final − step (paired) pp", "AutoDrop drop epochs", "s/run"]
+              "final train loss", "final − step (paired) pp", "drop epochs per seed", "s/run"]
     return _table(header, rows)
 
 

@@ -207,6 +207,14 @@ def _progress(spec: RunSpec, position: int):
                 desc=f"{spec.task} {spec.schedule} lr={spec.lr:g} seed {spec.seed}")
 
 
+def _trigger_epochs(events: list[str | None], autodrop: Any) -> list[int]:
+    """Epochs whose step triggered a drop; with delay <= 1 the trigger's record says "drop"."""
+    triggers = {i + 1 for i, e in enumerate(events) if e == "trigger"}
+    if autodrop is not None and autodrop.delay <= 1:
+        triggers |= {i + 1 for i, e in enumerate(events) if e == "drop"}
+    return sorted(triggers)
+
+
 def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     """Train one run and return its record (per-epoch curves and the summary numbers)."""
     torch.manual_seed(spec.seed)
@@ -272,7 +280,7 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
         "best_test_error": errors[best],
         "best_epoch": best + 1,
         "final_train_loss": curves["train_loss"][-1],
-        "trigger_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "trigger"],
+        "trigger_epochs": _trigger_epochs(curves["event"], autodrop),
         "drop_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "drop"],
         "diverged": diverged,
         "wall_s": time.perf_counter() - wall,

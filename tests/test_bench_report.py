@@ -1,0 +1,70 @@
+import csv
+import statistics
+
+import pytest
+
+from autodrop.bench.report import SUMMARY_COLUMNS, write_report
+
+
+def fake_record(schedule, lr, seed, errors, drops=(), deltas=None):
+    epochs = len(errors)
+    history = None
+    if deltas is not None:
+        history = [{"interval": i + 1, "omega": None if i == 0 else 90.0 + i, "delta": d, "threshold": 0.01,
+                    "lrs": [lr], "event": "drop" if i + 1 in drops else None} for i, d in enumerate(deltas)]
+    best = min(range(epochs), key=errors.__getitem__)
+    return {
+        "key": f"{schedule}/{lr}/{seed}", "task": "digits-cnn", "schedule": schedule, "optimizer": "sgd",
+        "lr": lr, "seed": seed, "epochs": epochs, "batch_size": 64, "device": "cpu", "threads": 1,
+        "num_params": 1442, "settings": {"delay": 1} if history else {}, "history": history,
+        "train_loss": [1.0 / (i + 1) for i in range(epochs)], "val_loss": [1.0] * epochs, "test_error": errors,
+        "epoch_lr": [lr] * epochs, "omega": [None] + [90.0 + i for i in range(1, epochs)],
+        "delta": deltas or [None] * epochs, "threshold": [0.01] * epochs if history else [None] * epochs,
+        "event": [None] * epochs, "final_test_error": errors[-1], "best_test_error": errors[best],
+        "best_epoch": best + 1, "final_train_loss": 1.0 / epochs, "trigger_epochs": list(drops),
+        "drop_epochs": list(drops), "diverged": False, "wall_s": 2.0, "cpu_s": 1.5,
+    }
+
+
+@pytest.fixture
+def records():
+    deltas = [None, None, 2.0, 1.5, 0.005]
+    return [
+        fake_record("step", 0.05, 0, [9.0, 7.0, 6.0, 5.0, 4.0]),
+        fake_record("step", 0.05, 1, [9.0, 7.0, 6.0, 5.0, 5.0]),
+        fake_record("autodrop", 0.05, 0, [9.0, 6.0, 3.0, 3.5, 3.0], drops=(5,), deltas=deltas),
+        fake_record("autodrop", 0.05, 1, [9.0, 6.0, 5.0, 4.0, 4.0], deltas=[None, None, 2.0, 1.5, 1.0]),
+        fake_record("step", 0.1, 0, [9.0, 8.0, 8.0, 8.0, 8.0]),
+        fake_record("autodrop", 0.1, 0, [9.0, 8.0, 7.0, 7.0, 7.0], deltas=[None, None, 3.0, 3.0, 3.0]),
+    ]
+
+
+def test_report_tables_hold_the_measured_numbers(tmp_path, records):
+    report = write_report(records, tmp_path, {"suite": "tiny", "description": "fake", "wall_s": 60.0, "jobs": 2})
+    text = report.read_text()
+    std = statistics.stdev
+    # Table 1: mean ± std over seeds, and the paired difference to step (seed 0: -1, seed 1: -1).
+    assert f"| `step` | 0.05 | 2 | 4.50 ± {std([4.0, 5.0]):.2f} |" in text
+    assert f"| `autodrop` | 0.05 | 2 | 3.50 ± {std([3.0, 4.0]):.2f} | 3.50 ± {std([3.0, 4.0]):.2f} |" in text
+    assert "| -1.00 ± 0.00 | [5]; [] |" in text
+    # Table 2: one row per initial LR.
+    assert f"| 0.05 | 4.50 ± {std([4.0, 5.0]):.2f} | 3.50 ± {std([3.0, 4.0]):.2f} |" in text
+    assert "| 0.1 | 8.00 (n=1) | 7.00 (n=1) |" in text
+    # Epochs to best, and the first epoch at or below step's mean final error 4.5 per seed.
+    assert f"| `autodrop` | 3.5 ± {std([3.0, 4.0]):.1f} | 3, 4 | 5 |" in text
+    assert f"| `step` | 4.5 ± {std([5.0, 4.0]):.1f} | 5, never | 5 |" in text
+    # The trigger evidence: measured changes of omega against the threshold.
+    assert "triggered in 1 of 2 runs (trigger epochs [[5]], drop epochs [[5]])" in text
+    assert "median 1.5 deg and minimum 0.005 deg; 1 of 6 changes were below the initial threshold 0.01 deg" in text
+    assert "150x the initial threshold" in text
+    for name in ("digits-cnn-curves.png", "digits-cnn-autodrop-omega.png", "digits-cnn-lr-sweep.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 10_000 and f"(figures/{name})" in text
+
+
+def test_summary_csv_has_one_row_per_run(tmp_path, records):
+    write_report(records, tmp_path, {})
+    with (tmp_path / "summary.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert tuple(rows[0]) == SUMMARY_COLUMNS and len(rows) == len(records)
+    assert rows[2]["schedule"] == "autodrop" and rows[2]["drop_epochs"] == "5"
+    assert float(rows[3]["final_test_error"]) == 4.0

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+
+from autodrop.bench import runner, schedules
+from autodrop.bench.runner import SUITES, RunSpec, plan_runs, run_all, run_one
+from autodrop.bench.schedules import Schedule, autodrop_delay
+
+
+def spec(schedule: str, epochs: int = 4, lr: float = 0.05, seed: int = 0) -> RunSpec:
+    return RunSpec("digits-cnn", schedule, "sgd", lr, seed, epochs, 64, device="cpu")
+
+
+def test_quick_plan_compares_every_schedule_and_sweeps_step_and_autodrop():
+    specs = plan_runs(SUITES["quick"])
+    assert len({s.key for s in specs}) == len(specs)
+    compared = [name for name in SUITES["quick"].schedules if name in schedules.SCHEDULES]
+    at_task_lr = [s for s in specs if s.lr == 0.05]
+    assert sorted({s.schedule for s in at_task_lr}) == sorted(compared)
+    assert all(sorted(s.seed for s in at_task_lr if s.schedule == name) == [0, 1] for name in compared)
+    for name in ("step", "autodrop"):
+        assert sorted({s.lr for s in specs if s.schedule == name}) == [0.03, 0.05, 0.1, 0.15]
+    assert len(specs) == 2 * len(compared) + 2 * 3
+    assert {s.epochs for s in specs} == {20}
+
+
+def test_plan_overrides_and_bad_input():
+    specs = plan_runs(SUITES["quick"], schedules=["step"], seeds=3, epochs=5, lrs=[0.2, 0.01])
+    assert sorted((s.lr, s.seed) for s in specs) == [(lr, seed) for lr in (0.01, 0.05, 0.2) for seed in range(3)]
+    assert {s.epochs for s in specs} == {5}
+    with pytest.raises(ValueError, match=r"--schedules \['nope'\] unknown; available"):
+        plan_runs(SUITES["quick"], schedules=["nope"])
+    with pytest.raises(ValueError, match="--lrs must be positive"):
+        plan_runs(SUITES["quick"], lrs=[0.1, -1.0])
+
+
+def test_autodrop_delay_keeps_the_paper_ratio_only_when_runs_are_short():
+    assert [autodrop_delay(e) for e in (3, 20, 60, 199, 200, 300)] == [1, 2, 6, 20, 20, 20]
+
+
+def test_step_schedule_drops_at_30_60_80_percent():
+    record = run_one(spec("step", epochs=10))
+    assert record["settings"] == {"milestones": [3, 6, 8]}
+    assert record["epoch_lr"] == pytest.approx([0.05] * 3 + [0.01] * 3 + [0.002] * 2 + [0.0004] * 2)
+
+
+def test_omega_is_the_same_from_autodrop_history_and_from_angular_velocity():
+    constant, autodrop = run_one(spec("constant")), run_one(spec("autodrop"))
+    assert autodrop["drop_epochs"] == [] and autodrop["history"][-1]["threshold"] == 0.01
+    # Same seed and no drop: the same training, measured by two different paths.
+    assert constant["test_error"] == autodrop["test_error"]
+    assert constant["omega"][0] is None and constant["omega"][1:] == pytest.approx(autodrop["omega"][1:], abs=1e-9)
+    assert all(0 < omega < 180 for omega in constant["omega"][1:])
+    assert constant["history"] is None and autodrop["delta"] == [h["delta"] for h in autodrop["history"]]
+
+
+def test_autodrop_drop_averages_and_refreshes_batchnorm(monkeypatch):
+    eager = Schedule("autodrop-eager", "always saturated", schedules._autodrop(threshold=180.0, max_threshold=180.0))
+    monkeypatch.setitem(schedules.SCHEDULES, eager.name, eager)
+    monkeypatch.setitem(runner.SCHEDULES, eager.name, eager)
+    calls = []
+    original = torch.optim.swa_utils.update_bn
+    monkeypatch.setattr(torch.optim.swa_utils, "update_bn", lambda loader, model: calls.append(len(loader))
+                        or original(loader, model))
+    record = run_one(spec("autodrop-eager", epochs=5))
+    # omega exists from epoch 2, its change from epoch 3; delay 1 drops at the trigger.
+    assert record["trigger_epochs"] == record["drop_epochs"] == [3, 4, 5]
+    assert record["epoch_lr"] == pytest.approx([0.05, 0.05, 0.05, 0.01, 0.002])
+    assert calls == [2, 2, 2]  # 1200 training inputs in batches of 1024, once per drop
+
+
+def test_runs_are_deterministic_under_a_seed():
+    first, second = run_one(spec("cosine", epochs=2)), run_one(spec("cosine", epochs=2))
+    assert first["test_error"] == second["test_error"] and first["train_loss"] == second["train_loss"]
+    assert run_one(spec("cosine", epochs=2, seed=1))["train_loss"] != first["train_loss"]
+
+
+def test_run_all_in_two_processes_appends_json_lines(tmp_path):
+    specs = [spec("constant", epochs=1), spec("plateau", epochs=1)]
+    records = run_all(specs, tmp_path / "runs.jsonl", jobs=2)
+    assert [r["schedule"] for r in records] == ["constant", "plateau"]
+    assert all(r["threads"] == 1 for r in records)
+    stored = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in stored) == sorted(s.key for s in specs)
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        run_all(specs, tmp_path / "runs.jsonl", jobs=0)
+
+
+def test_unavailable_device_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        runner.resolve_device("cuda")
+    with pytest.raises(ValueError, match="is not a torch device"):
+        runner.resolve_device("toaster")
