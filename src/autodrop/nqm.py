@@ -44,9 +44,10 @@ project's angle, :func:`autodrop.velocity.angle_degrees`, of successive steps.
 **AutoDrop** (:func:`run_autodrop`, Figure 3) drives the real
 :class:`autodrop.AutoDrop` scheduler, stepped once per iteration, on a float64
 ``torch`` parameter trained by ``torch.optim.SGD`` on the sampled quadratic. That
-is slower than a vectorised loop (about 0.1 ms per iteration) but it tests the
-library's own state machine, detector and LR handling rather than a re-creation
-of them, and a 20 000-iteration run still takes seconds. The paper's rule on the
+is slower than a vectorised loop (a fraction of a millisecond per iteration) but
+it runs the library's own state machine, saturation detector and LR handling
+rather than a re-creation of them, and a 20 000-iteration run still takes
+seconds. The paper's rule on the
 NQM is: drop the LR by a factor 2 when the 20-iteration-averaged omega changes by
 less than 0.01 degree between consecutive iterations, from 0.06 down to 0.001.
 That is ``AutoDrop(factor=0.5, min_lr=0.001, threshold=0.01, window=20)``; the
@@ -93,7 +94,7 @@ def _vector(name: str, values: Tensor | Sequence[float]) -> Tensor:
     return vector
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NoisyQuadratic:
     r"""A noisy quadratic :math:`\tfrac12 (x - c)^\top A (x - c)`, :math:`c \sim N(0, \Sigma)`, diagonal A and Sigma.
 

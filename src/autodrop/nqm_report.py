@@ -12,7 +12,7 @@ Writes to ``--out``:
   0.001, threshold 0.01 degree on the 20-iteration-averaged omega: loss (with
   the fixed-0.06 run for comparison), averaged omega and LR, drops marked.
 
-Needs matplotlib (``pip install 'autodrop[plots]'``). About 15 s on one core.
+Needs matplotlib (``pip install 'autodrop[plots]'``). About 15 s of CPU on one core.
 """
 
 from __future__ import annotations
