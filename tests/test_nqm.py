@@ -76,7 +76,7 @@ def test_theorem1_matches_an_independent_monte_carlo(paper, lr):
     unrelaxed = (1 - lr * a) ** (2 * burn_in)
     for weight in (a**4, a**3):
         assert np.sum(weight * unrelaxed) / np.sum(weight) < 1e-5
-    mean, error = monte_carlo(a, var, lr, 0.0, runs=64, burn_in=burn_in, samples=1500, seed=1)
+    mean, error = monte_carlo(a, var, lr, 0.0, runs=64, burn_in=burn_in, samples=1000, seed=1)
     moments = paper.stationary_moments(lr)
     predicted = [moments["inner_product"], moments["step_norm_sq"], moments["loss"]]
     for name, value, mc, se in zip(["inner product", "|s|^2", "loss"], predicted, mean, error, strict=True):

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .scheduler import AutoDrop
+from .scheduler import AutoDrop, _check_int
 from .velocity import angle_degrees
 
 __all__ = [
@@ -133,8 +133,7 @@ class NoisyQuadratic:
     @classmethod
     def paper(cls, dimension: int = 200, start: float = 100.0) -> NoisyQuadratic:
         """The paper's setting: ``A = diag(1/10, ..., dimension/10)``, ``Sigma = A``, ``x_0 = start * 1``."""
-        if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
-            raise ValueError(f"dimension must be an int >= 1, got {dimension!r}")
+        _check_int("dimension", dimension, 1)
         curvature = torch.arange(1, dimension + 1, dtype=torch.float64) / 10
         return cls(curvature, curvature.clone(), torch.full((dimension,), float(start), dtype=torch.float64))
 
@@ -254,8 +253,7 @@ def simulate_fixed_lr(
         momentum: heavy-ball beta in [0, 1) (default 0, plain GD).
         seed: seed of the noise generator; all LRs see the same noise draws.
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 2:
-        raise ValueError(f"iterations must be an int >= 2, got {iterations!r}")
+    _check_int("iterations", iterations, 2)
     for lr in learning_rates:
         problem.check_stable(lr, momentum)
     generator = torch.Generator().manual_seed(seed)
@@ -292,8 +290,7 @@ def simulate_fixed_lr(
 
 def window_mean(values: Tensor, window: int) -> Tensor:
     """Trailing mean over ``window`` entries along dim 0; NaN where fewer than ``window`` exist."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    _check_int("window", window, 1)
     sums = torch.cat([torch.zeros_like(values[:1]), values.cumsum(0)])
     means = (sums[window:] - sums[:-window]) / window
     head = torch.full((min(window - 1, len(values)),) + tuple(values.shape[1:]), math.nan, dtype=values.dtype)
@@ -356,8 +353,7 @@ def run_autodrop(
         momentum: heavy-ball beta of the optimizer (default 0).
         seed: seed of the noise generator.
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
+    _check_int("iterations", iterations, 1)
     problem.check_stable(lr, momentum)
     generator = torch.Generator().manual_seed(seed)
     x = torch.nn.Parameter(problem.start.clone())
