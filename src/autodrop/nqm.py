@@ -34,8 +34,9 @@ Stability needs :math:`0 < \alpha a_i < 2 (1 + \beta)` for every i.
 (1/10, \dots, 200/10)`, learning rates 0.06, 0.03, 0.01, 0.001, omega averaged
 over 20 iterations. The paper does not state :math:`\Sigma` or the start; here
 :math:`\Sigma = A` (noise proportional to curvature) and :math:`x_0 = 100 \cdot \mathbf 1`, far
-enough from the optimum that the steps start aligned (omega near 0) and the
-loss falls by three decades before it saturates, as in the paper's Figure 1.
+enough from the optimum that the loss falls by three to five decades before it
+saturates and, at the smaller LRs, the first steps are aligned (omega near 0)
+so that omega visibly rises before it saturates (the paper's property P1).
 
 **Fixed learning rate** (:func:`simulate_fixed_lr`, Figure 1): one vectorised
 float64 simulation over all learning rates and coordinates at once; omega is the
@@ -43,17 +44,17 @@ project's angle, :func:`autodrop.velocity.angle_degrees`, of successive steps.
 
 **AutoDrop** (:func:`run_autodrop`, Figure 3) drives the real
 :class:`autodrop.AutoDrop` scheduler, stepped once per iteration, on a float64
-``torch`` parameter trained by ``torch.optim.SGD`` on the sampled quadratic. That
-is slower than a vectorised loop (a fraction of a millisecond per iteration) but
-it runs the library's own state machine, saturation detector and LR handling
-rather than a re-creation of them, and a 20 000-iteration run still takes
-seconds. The paper's rule on the
-NQM is: drop the LR by a factor 2 when the 20-iteration-averaged omega changes by
-less than 0.01 degree between consecutive iterations, from 0.06 down to 0.001.
-That is ``AutoDrop(factor=0.5, min_lr=0.001, threshold=0.01, window=20)``; the
-paper states no delay or averaging for the NQM, so ``delay=0`` (drop at the
-trigger, nothing averaged), and no growth of the threshold, so
-``max_threshold=threshold`` by default.
+``torch`` parameter trained by ``torch.optim.SGD`` on the sampled quadratic.
+That is slower than a vectorised loop (a fraction of a millisecond per
+iteration) but it runs the library's own state machine, saturation detector and
+LR handling rather than a re-creation of them, and a 20 000-iteration run still
+takes seconds. The paper's rule on the NQM is: drop the LR by a factor 2 when
+the 20-iteration-averaged omega changes by less than 0.01 degree between
+consecutive iterations, from 0.06 down to 0.001. That is
+``AutoDrop(factor=0.5, min_lr=0.001, threshold=0.01, window=20)``; the paper
+states no delay or averaging for the NQM, so ``delay=0`` (drop at the trigger,
+nothing averaged), and no growth of the threshold, so ``max_threshold=threshold``
+by default.
 """
 
 from __future__ import annotations
@@ -252,6 +253,11 @@ def simulate_fixed_lr(
         iterations: number of steps T, ``>= 2`` (default 20 000).
         momentum: heavy-ball beta in [0, 1) (default 0, plain GD).
         seed: seed of the noise generator; all LRs see the same noise draws.
+
+    Example:
+        >>> run = simulate_fixed_lr(NoisyQuadratic.paper(), [0.06], iterations=2000)
+        >>> abs(run.saturation_angle()[0] - NoisyQuadratic.paper().predicted_angle(0.06)) < 1
+        True
     """
     _check_int("iterations", iterations, 2)
     for lr in learning_rates:
@@ -352,6 +358,11 @@ def run_autodrop(
             parameter averaging (default 0), ``> 0`` averages over the delay window.
         momentum: heavy-ball beta of the optimizer (default 0).
         seed: seed of the noise generator.
+
+    Example:
+        >>> run = run_autodrop(NoisyQuadratic.paper(), iterations=1000)
+        >>> [lr for _, lr in run.drops][:2]
+        [0.03, 0.015]
     """
     _check_int("iterations", iterations, 1)
     problem.check_stable(lr, momentum)
