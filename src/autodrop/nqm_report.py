@@ -76,11 +76,12 @@ def summarize(problem: NoisyQuadratic, fixed: FixedRateRun, autodrop: AutoDropRu
               args: argparse.Namespace) -> dict[str, Any]:
     half = len(fixed.inner_product) // 2
     measured_inner = fixed.inner_product[half:].mean(0).tolist()
+    angles, losses = fixed.saturation_angle(), fixed.stationary_loss()
     rows = []
     for k, lr in enumerate(fixed.learning_rates):
         moments = problem.stationary_moments(lr, fixed.momentum)
         predicted = problem.predicted_angle(lr, fixed.momentum)
-        measured = fixed.saturation_angle()[k]
+        measured = angles[k]
         rows.append({
             "lr": lr,
             "predicted_angle": predicted,
@@ -89,10 +90,10 @@ def summarize(problem: NoisyQuadratic, fixed: FixedRateRun, autodrop: AutoDropRu
             "predicted_inner_product": moments["inner_product"],
             "measured_inner_product": measured_inner[k],
             "predicted_stationary_loss": moments["loss"],
-            "measured_stationary_loss": fixed.stationary_loss()[k],
+            "measured_stationary_loss": losses[k],
         })
     alpha_0 = fixed.learning_rates.index(AUTODROP_SETTINGS["lr"])
-    reference = fixed.stationary_loss()[alpha_0]
+    reference = losses[alpha_0]
     final = autodrop.final_loss()
     return {
         "setting": {
@@ -130,6 +131,7 @@ def plot_fixed_lr(problem: NoisyQuadratic, fixed: FixedRateRun, path: Path) -> P
     plt = _pyplot()
     figure, (loss_axis, omega_axis) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
     averaged = window_mean(fixed.omega, PAPER_WINDOW)
+    angles = fixed.saturation_angle()
     for k, lr in enumerate(fixed.learning_rates):
         colour = f"C{k}"
         moments = problem.stationary_moments(lr, fixed.momentum)
@@ -137,7 +139,7 @@ def plot_fixed_lr(problem: NoisyQuadratic, fixed: FixedRateRun, path: Path) -> P
         loss_axis.axhline(moments["loss"], color=colour, ls="--", lw=1)
         # omega[j] is the angle between steps j+1 and j+2, known at iteration j+2.
         omega_axis.plot(_iterations(averaged, 2), averaged[:, k], color=colour, lw=0.8,
-                        label=f"lr {lr:g}: measured {fixed.saturation_angle()[k]:.2f} deg")
+                        label=f"lr {lr:g}: measured {angles[k]:.2f} deg")
         omega_axis.axhline(problem.predicted_angle(lr, fixed.momentum), color=colour, ls="--", lw=1)
     loss_axis.set_yscale("log")
     loss_axis.set_ylabel("loss  x'Ax/2")
