@@ -1,11 +1,11 @@
-"""The ``autodrop`` command: ``autodrop demo`` (and later subcommands)."""
+"""The ``autodrop`` command: ``autodrop demo``, ``autodrop nqm``, ``autodrop bench``."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from . import demo
+from . import demo, nqm_report
 from .bench import command as bench
 
 
@@ -13,6 +13,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="autodrop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo.add_arguments(commands.add_parser("demo", help="short AutoDrop run on MNIST-1D with a figure"))
+    nqm_report.add_arguments(commands.add_parser("nqm", help="the paper's noisy quadratic model: Theorem 1, Figs. 1 and 3"))
     bench.add_arguments(commands.add_parser("bench", help="AutoDrop against other LR schedules: tables and figures"))
     args = parser.parse_args(argv)
-    {"demo": demo.run, "bench": bench.run}[args.command](args)
+    {"demo": demo.run, "nqm": nqm_report.run, "bench": bench.run}[args.command](args)
