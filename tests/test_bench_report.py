@@ -26,7 +26,7 @@ def fake_record(schedule, lr, seed, errors, drops=(), deltas=None):
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def records():
     deltas = [None, None, 2.0, 1.5, 0.005]
     return [
@@ -39,9 +39,15 @@ def records():
     ]
 
 
-def test_report_tables_hold_the_measured_numbers(tmp_path, records):
-    report = write_report(records, tmp_path, {"suite": "tiny", "description": "fake", "wall_s": 60.0, "jobs": 2})
-    text = report.read_text()
+@pytest.fixture(scope="module")
+def out(records, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    write_report(records, out, {"suite": "tiny", "description": "fake", "wall_s": 60.0, "jobs": 2})
+    return out
+
+
+def test_report_tables_hold_the_measured_numbers(out):
+    text = (out / "report.md").read_text()
     std = statistics.stdev
     # Table 1: mean ± std over seeds, and the paired difference to step (seed 0: -1, seed 1: -1).
     assert f"| `step` | 0.05 | 2 | 4.50 ± {std([4.0, 5.0]):.2f} |" in text
@@ -58,12 +64,11 @@ def test_report_tables_hold_the_measured_numbers(tmp_path, records):
     assert "median 1.5 deg and minimum 0.005 deg; 1 of 6 changes were below the initial threshold 0.01 deg" in text
     assert "150x the initial threshold" in text
     for name in ("digits-cnn-curves.png", "digits-cnn-autodrop-omega.png", "digits-cnn-lr-sweep.png"):
-        assert (tmp_path / "figures" / name).stat().st_size > 10_000 and f"(figures/{name})" in text
+        assert (out / "figures" / name).stat().st_size > 10_000 and f"(figures/{name})" in text
 
 
-def test_summary_csv_has_one_row_per_run(tmp_path, records):
-    write_report(records, tmp_path, {})
-    with (tmp_path / "summary.csv").open() as file:
+def test_summary_csv_has_one_row_per_run(out, records):
+    with (out / "summary.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert tuple(rows[0]) == SUMMARY_COLUMNS and len(rows) == len(records)
     assert rows[2]["schedule"] == "autodrop" and rows[2]["drop_epochs"] == "5"

@@ -119,7 +119,7 @@ def _comparison(runs: _Runs) -> list[str]:
             f"{statistics.mean(r['wall_s'] for r in group):.0f}",
         ])
     header = ["schedule", "LR", "seeds", "final test error %", "best test error %", "epoch of best",
-              "final train loss", "final − step (paired) pp", "drop epochs per seed", "s/run"]
+              "final train loss", "final − step (paired) pp", "AutoDrop drops per seed", "s/run"]
     return _table(header, rows)
 
 

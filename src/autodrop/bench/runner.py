@@ -223,8 +223,7 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     source = DataSource(spec.data_dir and Path(spec.data_dir), spec.cache_dir and Path(spec.cache_dir))
     data = load_task_data(spec.task, source).to(device)
     model = task.model(data).to(device)
-    steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
-    control = schedule.build(Setup(model, spec.lr, spec.optimizer, spec.epochs, steps_per_epoch,
+    control = schedule.build(Setup(model, spec.lr, spec.optimizer, spec.epochs,
                                    batchnorm_refresh(model, data.x_train)))
     optimizer, autodrop = control.optimizer, control.autodrop
     velocity = AngularVelocity(model.parameters()) if autodrop is None else None

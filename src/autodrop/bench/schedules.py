@@ -61,7 +61,6 @@ class Setup:
         lr: initial LR.
         optimizer: ``"sgd"`` or ``"adamw"`` (the run's optimizer family).
         epochs: planned number of epochs.
-        steps_per_epoch: optimizer steps in one epoch.
         refresh_batchnorm: recomputes BatchNorm statistics on the training
             inputs (called after AutoDrop averages the parameters).
     """
@@ -70,7 +69,6 @@ class Setup:
     lr: float
     optimizer: str
     epochs: int
-    steps_per_epoch: int
     refresh_batchnorm: Callable[[], None]
 
 
@@ -135,10 +133,9 @@ def _autodrop(**options: Any) -> Callable[[Setup], Control]:
 
 
 def _active(cls: type[Optimizer]) -> Callable[[Setup], Control]:
-    """ActiveLR with no LR schedule, as its authors ran it; the row's optimizer family's settings."""
+    """ActiveLR with no LR schedule, as its authors ran it; its epoch ends at each ``end_epoch``."""
     def build(setup: Setup) -> Control:
-        optimizer = cls(setup.model.parameters(), lr=setup.lr, steps_per_epoch=setup.steps_per_epoch,
-                        **OPTIMIZERS[setup.optimizer])
+        optimizer = cls(setup.model.parameters(), lr=setup.lr, **OPTIMIZERS[setup.optimizer])
         return Control(optimizer, lambda val_loss: optimizer.end_epoch())
 
     return build
