@@ -1,6 +1,8 @@
 import csv
 import json
 
+import pytest
+
 from autodrop.cli import main
 
 
@@ -45,3 +47,12 @@ def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     main(argv)  # the same runs again: all found in runs.jsonl, nothing retrained
     assert "(5 already in" in capsys.readouterr().out
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5
+
+
+def test_bench_without_its_data_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="needs --data-dir"):
+        main(["bench", "--suite", "cifar10", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="lacks"):
+        main(["bench", "--suite", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--schedules"):
+        main(["bench", "--suite", "tiny", "--schedules", "weekly", "--out", str(tmp_path)])

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from .report import write_report
-from .runner import SUITES, plan_runs, read_records, run_all
+from .runner import SUITES, plan_runs, read_records, resolve_device, run_all
 from .schedules import OPTIMIZERS, SCHEDULES
-from .tasks import TASKS, DataSource, default_cache_dir, load_task_data
+from .tasks import DataSource, default_cache_dir, load_task_data
 
 
 def _positive_int(name: str):
@@ -79,14 +79,18 @@ def _command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> None:
     suite = SUITES[args.suite]
     out = args.out or Path("results") / f"bench-{suite.name}"
-    specs = plan_runs(
-        suite, optimizer=args.optimizer, schedules=args.schedules, seeds=args.seeds, epochs=args.epochs,
-        lrs=args.lrs, device=args.device, data_dir=args.data_dir and str(args.data_dir),
-        cache_dir=args.cache_dir and str(args.cache_dir),
-    )
-    source = DataSource(args.data_dir, args.cache_dir)
-    for task in suite.tasks:
-        load_task_data(task, source)  # fails early with a clear message, and fills the cache once
+    try:
+        resolve_device(args.device)
+        specs = plan_runs(
+            suite, optimizer=args.optimizer, schedules=args.schedules, seeds=args.seeds, epochs=args.epochs,
+            lrs=args.lrs, device=args.device, data_dir=args.data_dir and str(args.data_dir),
+            cache_dir=args.cache_dir and str(args.cache_dir),
+        )
+        source = DataSource(args.data_dir, args.cache_dir)
+        for task in suite.tasks:
+            load_task_data(task, source)  # fails before any run, and fills the cache once
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise SystemExit(f"autodrop bench: {error}") from None
     machine = _machine(args.device)
     done = {r["key"] for r in read_records(out / "runs.jsonl")}
     print(f"autodrop bench --suite {suite.name}: {len(specs)} runs on {', '.join(suite.tasks)} "

@@ -305,7 +305,7 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
         lines += ["### Epochs to best (paper Fig. 7 analog)", ""] + _epochs_to_best(runs)
         lines += ["### Figures", ""]
         curve_path = _plot_curves(runs, task, figures / f"{task}-curves.png")
-        lines += [f"LR, omega, train loss and test error against epochs (paper Fig. 6 analog):", "",
+        lines += ["LR, omega, train loss and test error against epochs (paper Fig. 6 analog):", "",
                   f"![{task} curves](figures/{curve_path.name})", ""]
         for schedule in runs.schedules:
             record = runs.main(schedule)[0]
