@@ -93,8 +93,9 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"autodrop bench: {error}") from None
     machine = _machine(args.device)
     done = {r["key"] for r in read_records(out / "runs.jsonl")}
+    new_runs = sum(s.key not in done for s in specs)
     print(f"autodrop bench --suite {suite.name}: {len(specs)} runs on {', '.join(suite.tasks)} "
-          f"({sum(s.key in done for s in specs)} already in {out / 'runs.jsonl'}), --jobs {args.jobs}")
+          f"({len(specs) - new_runs} already in {out / 'runs.jsonl'}), --jobs {args.jobs}")
     print(f"machine: {machine}")
     started = time.perf_counter()
 
@@ -109,6 +110,6 @@ def run(args: argparse.Namespace) -> None:
     records = run_all(specs, out / "runs.jsonl", jobs=args.jobs, on_record=progress)
     wall = time.perf_counter() - started
     meta = {"suite": suite.name, "description": suite.description, "machine": machine, "wall_s": wall,
-            "jobs": args.jobs, "command": _command_line(args)}
+            "new_runs": new_runs, "jobs": args.jobs, "command": _command_line(args)}
     report = write_report(records, out, meta)
     print(f"done in {wall / 60:.1f} min; report: {report}")

@@ -117,9 +117,10 @@ def _comparison(runs: _Runs) -> list[str]:
             "—" if schedule == "step" or not paired else _mean_std(paired),
             "; ".join(str(r["drop_epochs"]) for r in group) if any(r["drop_epochs"] for r in group) else "—",
             f"{statistics.mean(r['wall_s'] for r in group):.0f}",
+            f"{statistics.mean(r['cpu_s'] for r in group):.0f}",
         ])
     header = ["schedule", "LR", "seeds", "final test error %", "best test error %", "epoch of best",
-              "final train loss", "final − step (paired) pp", "AutoDrop drops per seed", "s/run"]
+              "final train loss", "final − step (paired) pp", "AutoDrop drops per seed", "wall s/run", "CPU s/run"]
     return _table(header, rows)
 
 
@@ -250,7 +251,8 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
     """Write ``summary.csv``, ``report.md`` and ``figures/*.png`` under ``out``; return the report path.
 
     ``meta`` is printed in the report's header: ``suite``, ``description``,
-    ``command``, ``machine``, ``wall_s`` (this invocation), ``jobs``.
+    ``command``, ``machine``, ``wall_s`` (this invocation), ``new_runs`` (runs it
+    trained), ``jobs``.
     """
     out.mkdir(parents=True, exist_ok=True)
     figures = out / "figures"
@@ -264,10 +266,11 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
         "",
         f"- Command: `{meta.get('command', '')}`",
         f"- Machine: {meta.get('machine', '')}",
-        f"- {len(records)} runs; this invocation took "
+        f"- {len(records)} runs, {meta.get('new_runs', len(records))} of them trained by this invocation in "
         + (f"{wall / 60:.1f} min wall clock" if wall is not None else "—")
-        + f" with --jobs {meta.get('jobs', 1)}; training CPU time summed over runs "
-        f"{sum(r['cpu_s'] for r in records) / 60:.1f} min.",
+        + f" with --jobs {meta.get('jobs', 1)}; training CPU time summed over all runs "
+        f"{sum(r['cpu_s'] for r in records) / 60:.1f} min (on a machine shared with other work, wall "
+        "clock grows with the load, CPU time much less).",
         "- Per-run curves: `runs.jsonl` (one JSON object per run); one row per run: `summary.csv`.",
         "",
         "## Set-up",
