@@ -5,8 +5,9 @@ trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
 ``AngularVelocity`` measures that angle alone, under any schedule.
 """
 
+from .history_log import write_history_csv, write_history_tensorboard
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
 
-__all__ = ["AngularVelocity", "AutoDrop"]
+__all__ = ["AngularVelocity", "AutoDrop", "write_history_csv", "write_history_tensorboard"]
 __version__ = "0.1.0"
