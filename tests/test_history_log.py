@@ -63,7 +63,8 @@ def test_tensorboard_gets_every_scalar_at_its_interval(tmp_path):
     write_history_tensorboard(history, tmp_path / "tb", prefix="run/")
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {f"run/{n}" for n in ("omega", "delta", "threshold", "lr", "trigger", "drop")}
+    names = ("omega", "delta", "threshold", "lr", "trigger", "drop")
+    assert set(events.Tags()["scalars"]) == {f"run/{name}" for name in names}
     lr = [(e.step, e.value) for e in events.Scalars("run/lr")]
     assert lr == [(r["interval"], pytest.approx(r["lrs"][0])) for r in history]
     omega = {e.step: e.value for e in events.Scalars("run/omega")}
