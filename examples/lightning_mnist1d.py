@@ -69,13 +69,14 @@ def main() -> None:
     train = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
     test = DataLoader(TensorDataset(x_test, y_test), batch_size=1000)
     model = MLP(args.lr, args.threshold, args.window, args.delay)
+    callback = AutoDropCallback()
     trainer = L.Trainer(
         max_epochs=args.epochs, accelerator="cpu", default_root_dir=args.out, logger=CSVLogger(args.out, name="logs"),
-        callbacks=[AutoDropCallback()], enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
+        callbacks=[callback], enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
     )
     trainer.fit(model, train, test)
 
-    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    scheduler = callback.scheduler
     for record in scheduler.history:
         if record["event"] is not None:
             print(f"epoch {record['interval']:3d}: {record['event']:7s} omega {record['omega']:6.2f} deg, "

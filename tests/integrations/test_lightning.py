@@ -75,6 +75,12 @@ def scheduler_of(trainer) -> AutoDrop:
     return config.scheduler
 
 
+def logged_rows(trainer):
+    """The rows of the Trainer's CSV logger that hold AutoDrop's scalars."""
+    with open(trainer.logger.experiment.metrics_file_path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("autodrop/threshold")]
+
+
 def test_autodrop_returned_from_configure_optimizers_drops_the_lr_once_per_epoch(tmp_path):
     trainer, module = fit(tmp_path, epochs=5)
     scheduler = scheduler_of(trainer)
@@ -91,13 +97,16 @@ def test_fit_resumed_from_ckpt_path_continues_the_same_schedule(tmp_path):
     checkpoint = tmp_path / "first" / "checkpoints" / "epoch=2.ckpt"
     saved = torch.load(checkpoint, weights_only=True)["lr_schedulers"][0]
     assert saved["pending"] and saved["averaging"]["sums"] is not None  # interrupted inside the delay window
-    resumed, resumed_module = fit(tmp_path / "resumed", epochs=6, ckpt_path=checkpoint)
+    resumed, _ = fit(tmp_path / "resumed", epochs=6, ckpt_path=checkpoint, callbacks=[AutoDropCallback()],
+                     logger=CSVLogger(tmp_path / "resumed", name="logs"))
 
     reference = scheduler_of(full)
     assert sum(r["event"] == "drop" for r in reference.history) >= 1
     assert scheduler_of(resumed).history == reference.history
     for a, b in zip(resumed.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
         assert torch.equal(a, b)
+    # the callback logs the resumed intervals only: the first run logged the others
+    assert [float(row["autodrop/lr"]) for row in logged_rows(resumed)] == [r["lrs"][0] for r in reference.history[3:]]
 
 
 def test_callback_logs_every_step_of_autodrop_to_the_trainer_loggers(tmp_path, caplog):
@@ -105,8 +114,7 @@ def test_callback_logs_every_step_of_autodrop_to_the_trainer_loggers(tmp_path, c
     with caplog.at_level(logging.INFO):
         trainer, _ = fit(tmp_path, epochs=5, callbacks=[callback], logger=CSVLogger(tmp_path, name="logs"))
     history = scheduler_of(trainer).history
-    with open(trainer.logger.experiment.metrics_file_path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("autodrop/threshold")]
+    rows = logged_rows(trainer)
     assert len(rows) == len(history)
     for row, record in zip(rows, history, strict=True):
         assert float(row["autodrop/lr"]) == record["lrs"][0]
@@ -153,3 +161,5 @@ def test_callback_arguments_are_checked():
         AutoDropCallback(refresh_batchnorm="yes")
     with pytest.raises(TypeError, match="batch_input must be callable"):
         AutoDropCallback(batch_input=3)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        AutoDropCallback(prefix=None)

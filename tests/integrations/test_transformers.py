@@ -193,3 +193,5 @@ def test_callback_arguments_are_checked(tmp_path):
         AutoDropCallback(trainer, delays=3)
     with pytest.raises(TypeError, match="do not pass optimizer"):
         AutoDropCallback(trainer, optimizer=None)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        AutoDropCallback(trainer, prefix=1)

@@ -78,6 +78,8 @@ class AutoDropCallback(pl.Callback):
             raise TypeError(f"refresh_batchnorm must be a bool, got {refresh_batchnorm!r}")
         if batch_input is not None and not callable(batch_input):
             raise TypeError(f"batch_input must be callable or None, got {batch_input!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
         self.refresh_batchnorm = refresh_batchnorm
         self.batch_input = batch_input
         self.prefix = prefix
@@ -86,6 +88,7 @@ class AutoDropCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = find_autodrop(trainer)
+        # a resumed fit has restored the history by now; its records were logged by the first run
         self._logged = len(self.scheduler.history)
         if self.refresh_batchnorm:
             if self.scheduler.after_average is not None:

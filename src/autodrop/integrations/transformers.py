@@ -77,6 +77,8 @@ class AutoDropCallback(hf.TrainerCallback):
             isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
         ):
             raise ValueError(f"every_n_steps must be None or an int >= 1, got {every_n_steps!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
         if "optimizer" in autodrop_kwargs:
             raise TypeError("AutoDropCallback takes the Trainer's optimizer; do not pass optimizer")
         inspect.signature(AutoDrop).bind_partial(**autodrop_kwargs)
@@ -127,7 +129,8 @@ class AutoDropCallback(hf.TrainerCallback):
         scheduler = self.scheduler
         scheduler.step()
         lrs = scheduler.get_last_lr()
-        # The constant LambdaLR sets lr = base_lr * 1 at every step: keep it at AutoDrop's LR.
+        # The constant LambdaLR sets lr = base_lr * 1 at every step: keep it at AutoDrop's LR, and
+        # its last LR too, which the Trainer logs as "learning_rate" for the next step.
         self._trainer_schedule.base_lrs = list(lrs)
         self._trainer_schedule._last_lr = list(lrs)
         record = scheduler.history[-1]
