@@ -415,3 +415,24 @@ def test_complex_parameters_are_rejected():
     z.grad = torch.ones_like(z)
     with pytest.raises(RuntimeError, match=r"ActiveAdamW does not support complex parameters"):
         ActiveAdamW([z]).step()
+
+
+def test_grad_scaler_with_fused_adamw_sums_true_gradients_and_skips_inf_steps():
+    scaled_model, plain_model = make_model(), make_model()
+    scaled = ActiveAdamW(scaled_model.parameters(), lr=1e-2, fused=True, steps_per_epoch=2)
+    plain = ActiveAdamW(plain_model.parameters(), lr=1e-2, fused=True, steps_per_epoch=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+    for index, (x, y) in enumerate(make_batches(9)):
+        scaled.zero_grad()
+        scaler.scale(F.cross_entropy(scaled_model(x), y)).backward()
+        if index == 4:  # an overflow: the scaler must skip this step, sums included
+            next(scaled_model.parameters()).grad[0, 0] = float("inf")
+        scaler.step(scaled)
+        scaler.update()
+        if index != 4:
+            train_step(plain_model, plain, (x, y))
+    assert same_params(scaled_model, plain_model)
+    for p, q in zip(scaled_model.parameters(), plain_model.parameters(), strict=True):
+        for key in STATE_KEYS:
+            assert torch.equal(scaled.state[p][key], plain.state[q][key]), key
+    assert scaled.param_groups[0]["epoch"] == plain.param_groups[0]["epoch"] == 4

@@ -121,6 +121,7 @@ class ActiveLR:
         lr_low: float,
         max_multiplier: float | None,
         min_multiplier: float | None,
+        scale_weight_decay: bool | None = None,
         **kwargs: Any,
     ) -> None:
         active = {
@@ -130,8 +131,8 @@ class ActiveLR:
             "max_multiplier": max_multiplier,
             "min_multiplier": min_multiplier,
         }
-        if "scale_weight_decay" in kwargs:
-            active["scale_weight_decay"] = kwargs.pop("scale_weight_decay")
+        if scale_weight_decay is not None:  # None: the base has no decoupled decay (SGD)
+            active["scale_weight_decay"] = scale_weight_decay
         _check_active_args("", active)
         self._active_defaults = active
         super().__init__(*args, **kwargs)
