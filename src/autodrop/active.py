@@ -106,7 +106,8 @@ class ActiveLR:
 
     Per step the rule costs one copy of the stepped parameters, one ``foreach``
     add (the sums) and one ``foreach`` lerp; its memory is two parameter-sized
-    buffers plus one byte per element. Sparse gradients and complex parameters
+    buffers plus one byte per element, and the copy while ``step()`` runs; the
+    epoch end is a few tensor ops per parameter. Sparse gradients and complex parameters
     are rejected. With ``fused=True`` torch's GradScaler unscales the gradients
     itself before ``step()`` (the sums must see true gradients).
     """
