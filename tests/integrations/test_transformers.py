@@ -187,8 +187,10 @@ def test_callback_arguments_are_checked(tmp_path):
     trainer = make_trainer(tmp_path)
     with pytest.raises(TypeError, match="must be a transformers.Trainer"):
         AutoDropCallback(object())
-    with pytest.raises(ValueError, match="every_n_steps must be None or an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="every_n_steps must be an int >= 1, got 0"):
         AutoDropCallback(trainer, every_n_steps=0)
+    with pytest.raises(TypeError, match="every_n_steps must be an int >= 1, got 2.0"):
+        AutoDropCallback(trainer, every_n_steps=2.0)
     with pytest.raises(TypeError, match="delays"):
         AutoDropCallback(trainer, delays=3)
     with pytest.raises(TypeError, match="do not pass optimizer"):

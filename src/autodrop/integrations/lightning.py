@@ -103,20 +103,14 @@ class AutoDropCallback(pl.Callback):
         inputs = loader if self.batch_input is None else map(self.batch_input, loader)
         torch.optim.swa_utils.update_bn(inputs, pl_module, device=pl_module.device)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.refresh_batchnorm:
+            self.scheduler.after_average = None  # the hook holds the trainer
+
     # Lightning steps an epoch-interval scheduler right after the epoch's last
-    # training step, before that batch's on_train_batch_end: logging there covers
+    # training step, before that batch's on_train_batch_end: logging here covers
     # "epoch" and "step" intervals alike.
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._log_new_records(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log_new_records(trainer)
-        if self.refresh_batchnorm and self.scheduler is not None:
-            self.scheduler.after_average = None
-
-    def _log_new_records(self, trainer: pl.Trainer) -> None:
-        if self.scheduler is None:
-            return
         for record in self.scheduler.history[self._logged :]:
             metrics = {self.prefix + name: value for name, value in history_scalars(record).items()}
             for logger in trainer.loggers:

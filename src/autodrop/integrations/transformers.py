@@ -29,7 +29,7 @@ import torch
 
 from .._optional import import_optional
 from ..history_log import history_scalars
-from ..scheduler import AutoDrop
+from ..scheduler import AutoDrop, _check_int
 
 hf = import_optional("transformers", "transformers", __name__)
 
@@ -73,10 +73,8 @@ class AutoDropCallback(hf.TrainerCallback):
     ) -> None:
         if not isinstance(trainer, hf.Trainer):
             raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
-        if every_n_steps is not None and (
-            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
-        ):
-            raise ValueError(f"every_n_steps must be None or an int >= 1, got {every_n_steps!r}")
+        if every_n_steps is not None:
+            _check_int("every_n_steps", every_n_steps, 1)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         if "optimizer" in autodrop_kwargs:
@@ -100,8 +98,14 @@ class AutoDropCallback(hf.TrainerCallback):
             )
         self._trainer_schedule = lr_scheduler
         self.scheduler = AutoDrop(optimizer, **self.autodrop_kwargs)
-        if state.global_step > 0:
-            self._load(os.path.join(args.output_dir, f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+        if state.global_step > 0:  # resume_from_checkpoint restored the Trainer's state
+            path = os.path.join(_checkpoint_folder(args, state), STATE_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"resuming at global step {state.global_step} but AutoDrop's state {path} does not exist: "
+                    "resume from a checkpoint that AutoDropCallback saved under TrainingArguments.output_dir"
+                )
+            self.scheduler.load_state_dict(torch.load(path, weights_only=True))
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.every_n_steps is None:
@@ -113,17 +117,7 @@ class AutoDropCallback(hf.TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save and self.scheduler is not None:
-            folder = os.path.join(args.output_dir, f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            torch.save(self.scheduler.state_dict(), os.path.join(folder, STATE_FILE))
-
-    def _load(self, folder: str) -> None:
-        path = os.path.join(folder, STATE_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"resuming at global step {self.trainer.state.global_step} but AutoDrop's state {path} does not "
-                "exist: resume from a checkpoint that AutoDropCallback saved under TrainingArguments.output_dir"
-            )
-        self.scheduler.load_state_dict(torch.load(path, weights_only=True))
+            torch.save(self.scheduler.state_dict(), os.path.join(_checkpoint_folder(args, state), STATE_FILE))
 
     def _step(self) -> None:
         scheduler = self.scheduler
@@ -140,6 +134,11 @@ class AutoDropCallback(hf.TrainerCallback):
                 "AutoDrop: LR drop at interval %d (global step %d): lr %.4g, threshold %.4g deg",
                 record["interval"], self.trainer.state.global_step, lrs[0], record["threshold"],
             )
+
+
+def _checkpoint_folder(args: Any, state: Any) -> str:
+    """The folder the Trainer writes (and ``resume_from_checkpoint=True`` reads) at this global step."""
+    return os.path.join(args.output_dir, f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 def _check_constant_schedule(args: Any) -> None:
