@@ -7,6 +7,7 @@ trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
 
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
+from .checkpoint import ShardedState
 
-__all__ = ["AngularVelocity", "AutoDrop"]
+__all__ = ["AngularVelocity", "AutoDrop", "ShardedState"]
 __version__ = "0.1.0"
