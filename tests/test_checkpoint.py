@@ -26,6 +26,7 @@ def train(model, optimizer, scheduler, epochs):
         scheduler.step()
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_dcp_round_trip_inside_a_delay_window_continues_identically(tmp_path):
     model, optimizer, scheduler = build()
     train(model, optimizer, scheduler, range(20))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .distributed import DTensor, is_dtensor, local_tensor
+from .distributed import dtensor_like, is_dtensor, local_tensor
 from .geometry import ParameterTrajectory
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
@@ -96,12 +96,7 @@ class ShardedState:
         index = {id(p): i for i, p in enumerate(self.trajectory.params)}
         for bucket, flat in zip(self.trajectory.buckets, flats, strict=True):
             for param, view in zip(bucket.params, bucket.views(flat), strict=True):
-                if is_dtensor(param):
-                    view = DTensor.from_local(
-                        view, param.device_mesh, param.placements,
-                        run_check=False, shape=param.shape, stride=param.stride(),
-                    )
-                tensors[str(index[id(param)])] = view
+                tensors[str(index[id(param)])] = dtensor_like(view, param) if is_dtensor(param) else view
         return tensors
 
     def _flat(self, name: str, tensors: dict[str, Tensor]) -> list[Tensor]:

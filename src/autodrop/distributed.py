@@ -26,28 +26,38 @@ back into the local shards (``to_local()`` of a sharded DTensor is a view of it)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ReplicaCounting", "is_dtensor", "local_tensor"]
+__all__ = ["ReplicaCounting", "dtensor_like", "is_dtensor", "local_tensor"]
 
-if torch.distributed.is_available():
-    import torch.distributed as dist
+dist = torch.distributed if torch.distributed.is_available() else None
 
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch 2.4 keeps DTensor private
-        from torch.distributed._tensor import DTensor
-else:  # builds without torch.distributed: only plain tensors exist
-    dist = None
-    DTensor = None
+
+def _dtensor_class() -> type | None:
+    # A DTensor exists only once its module was imported, so looking it up in
+    # sys.modules spares single-process users the import (seconds on a busy CPU).
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):  # public since torch 2.5
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "DTensor"):
+            return module.DTensor
+    return None
 
 
 def is_dtensor(tensor: Tensor) -> bool:
-    return DTensor is not None and isinstance(tensor, DTensor)
+    dtensor = _dtensor_class()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def dtensor_like(local: Tensor, param: Tensor) -> Tensor:
+    """``local`` (shaped like this rank's shard of ``param``) as a DTensor with ``param``'s layout."""
+    return _dtensor_class().from_local(
+        local, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
 
 
 def local_tensor(tensor: Tensor) -> Tensor:
