@@ -2,12 +2,15 @@
 
 ``AutoDrop`` drops the learning rate when the angular velocity of the parameter
 trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
-``AngularVelocity`` measures that angle alone, under any schedule.
+``AngularVelocity`` measures that angle alone, under any schedule;
+``NoisyQuadratic`` is the paper's noisy quadratic model with Theorem 1;
+``ShardedState`` checkpoints AutoDrop's sharded state with torch.distributed.checkpoint.
 """
 
+from .checkpoint import ShardedState
+from .nqm import NoisyQuadratic
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
-from .checkpoint import ShardedState
 
-__all__ = ["AngularVelocity", "AutoDrop", "ShardedState"]
+__all__ = ["AngularVelocity", "AutoDrop", "NoisyQuadratic", "ShardedState"]
 __version__ = "0.1.0"
