@@ -189,7 +189,7 @@ class ParameterTrajectory:
         """Sum the counted buckets' partial reductions in float64, then over the process group."""
         device = partials[0].device
         counted = [p.to(device=device, dtype=torch.float64) for p, b in zip(partials, self.buckets) if b.counted]
-        total = torch.stack(counted).sum(0) if counted else torch.zeros(2, dtype=torch.float64, device=device)
+        total = torch.stack(counted).sum(0) if counted else torch.zeros_like(partials[0], dtype=torch.float64)
         return self.counting.all_reduce(total)
 
     def snapshots(self) -> list[Tensor]:
