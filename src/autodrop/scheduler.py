@@ -268,7 +268,9 @@ class AutoDrop(LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: counters, thresholds, buffers and history.
 
-        Loads with ``torch.load(..., weights_only=True)``.
+        Loads with ``torch.load(..., weights_only=True)``. Under torch.distributed it
+        holds this rank's shards (save one file per rank); for
+        torch.distributed.checkpoint wrap the scheduler in :class:`autodrop.ShardedState`.
         """
         return {
             "version": STATE_VERSION,

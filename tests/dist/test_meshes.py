@@ -36,3 +36,11 @@ def test_omega_equals_full_vector_float64(ranks):
     for result in ranks:
         assert result["meshes"]["omegas"][0] is None
         np.testing.assert_allclose(result["meshes"]["omegas"][1:], expected, atol=1e-4)
+
+
+def test_averaging_writes_back_into_every_placement(ranks):
+    trajectory = ranks[0]["meshes"]["trajectory"]
+    for result in ranks:
+        for name, value in result["meshes"]["averaged"].items():
+            expected = (trajectory[4][name].double() + 2 * trajectory[5][name].double()) / 3
+            np.testing.assert_allclose(value.double().numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import scenarios
 from autodrop import AngularVelocity, ShardedState
+from autodrop.averaging import WeightedAverage
 
 
 def ddp(rank: int) -> dict:
@@ -145,6 +146,7 @@ def meshes(rank: int) -> dict:
 
     params = {name: place(name, tensor) for name, tensor in fulls.items()}
     velocity = AngularVelocity(params.values())
+    averager = WeightedAverage(velocity.trajectory)
     counted = dict(zip(params, velocity.trajectory.counting.counted, strict=True))
     trajectory = [{name: t.clone() for name, t in fulls.items()}]
     omegas = []
@@ -162,7 +164,13 @@ def meshes(rank: int) -> dict:
                     target.add_(delta)
         trajectory.append({name: t.clone() for name, t in fulls.items()})
         omegas.append(velocity.update())
-    return {"omegas": omegas, "trajectory": trajectory, "counted": counted}
+        if step == 3:
+            averager.start()
+        if averager.active:
+            averager.add(float(step - 2))
+    averager.apply()  # x := (1 x_4 + 2 x_5) / 3, written into every placement's local tensor
+    averaged = {name: p.full_tensor() if name in placements else p.clone() for name, p in params.items()}
+    return {"omegas": omegas, "trajectory": trajectory, "counted": counted, "averaged": averaged}
 
 
 def resume(rank: int, out_dir: Path, uninterrupted: dict) -> dict:
