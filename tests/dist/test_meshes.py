@@ -16,7 +16,11 @@ RANK1_COUNTS = {
 
 
 def omegas(trajectory, weights):
-    points = [np.concatenate([np.sqrt(weights[n]) * snap[n].double().numpy().ravel() for n in weights]) for snap in trajectory]
+    """omega of the concatenated full tensors, each tensor's inner products scaled by its weight."""
+    points = [
+        np.concatenate([np.sqrt(weights[name]) * snap[name].double().numpy().ravel() for name in weights])
+        for snap in trajectory
+    ]
     steps = np.diff(np.stack(points), axis=0)
     return [angle_degrees(float(u @ v), float(u @ u), float(v @ v), eps=1e-8) for u, v in zip(steps[1:], steps)]
 
@@ -44,3 +48,14 @@ def test_averaging_writes_back_into_every_placement(ranks):
         for name, value in result["meshes"]["averaged"].items():
             expected = (trajectory[4][name].double() + 2 * trajectory[5][name].double()) / 3
             np.testing.assert_allclose(value.double().numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_refuses_partial_parameters_meshes_outside_the_group_and_non_groups(ranks):
+    for result in ranks:
+        messages = result["errors"]
+        assert messages["partial"].startswith("ValueError: parameter 0 has placements (Partial(")
+        assert "device mesh of ranks [0, 1]" in messages["mesh_outside_group"]
+        assert "pass process_group=" in messages["mesh_outside_group"]
+        assert messages["not_a_group"] == (
+            "TypeError: process_group must be a torch.distributed.ProcessGroup or None, got 'world'"
+        )

@@ -20,7 +20,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 import scenarios
@@ -173,6 +173,25 @@ def meshes(rank: int) -> dict:
     return {"omegas": omegas, "trajectory": trajectory, "counted": counted, "averaged": averaged}
 
 
+def errors(single_rank_group) -> dict:
+    """The messages of the arguments ReplicaCounting refuses."""
+    mesh = init_device_mesh("cpu", (scenarios.WORLD_SIZE,))
+    cases = {
+        "partial": lambda: AngularVelocity([DTensor.from_local(torch.zeros(3), mesh, [Partial()])]),
+        "mesh_outside_group": lambda: AngularVelocity(
+            [distribute_tensor(torch.zeros(4), mesh, [Shard(0)])], process_group=single_rank_group
+        ),
+        "not_a_group": lambda: AngularVelocity([torch.zeros(2)], process_group="world"),
+    }
+    messages = {}
+    for name, build in cases.items():
+        try:
+            build()
+        except (TypeError, ValueError) as error:
+            messages[name] = f"{type(error).__name__}: {error}"
+    return messages
+
+
 def resume(rank: int, out_dir: Path, uninterrupted: dict) -> dict:
     """A checkpoint inside a delay window, resumed by DCP and by per-rank files, continues identically.
 
@@ -228,6 +247,7 @@ def main() -> None:
     single_rank_groups = [dist.new_group([r]) for r in range(dist.get_world_size())]
     results = {"ddp": ddp(rank), "fsdp": fsdp(rank, single_rank_groups[rank]), "meshes": meshes(rank)}
     results["resume"] = resume(rank, out_dir, results["fsdp"])
+    results["errors"] = errors(single_rank_groups[rank])
     torch.save(results, out_dir / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
