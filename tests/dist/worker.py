@@ -242,7 +242,7 @@ def resume(rank: int, out_dir: Path, uninterrupted: dict) -> dict:
 def main() -> None:
     out_dir = Path(sys.argv[1])
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
     single_rank_groups = [dist.new_group([r]) for r in range(dist.get_world_size())]
     results = {"ddp": ddp(rank), "fsdp": fsdp(rank, single_rank_groups[rank]), "meshes": meshes(rank)}

@@ -17,7 +17,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_world(out_dir: Path, world_size: int = 2, timeout: float = 120.0) -> None:
+def run_world(out_dir: Path, world_size: int = 2, timeout: float = 300.0) -> None:
     """Run the worker on ``world_size`` ranks; raise with every rank's output if one fails."""
     port = free_port()
     procs = []
