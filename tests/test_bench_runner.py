@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from autodrop import ActiveSGD
 from autodrop.bench import runner, schedules
 from autodrop.bench.runner import SUITES, RunSpec, plan_runs, run_all, run_one
 from autodrop.bench.schedules import Schedule, autodrop_delay
@@ -15,7 +16,8 @@ def spec(schedule: str, epochs: int = 4, lr: float = 0.05, seed: int = 0) -> Run
 def test_quick_plan_compares_every_schedule_and_sweeps_step_and_autodrop():
     specs = plan_runs(SUITES["quick"])
     assert len({s.key for s in specs}) == len(specs)
-    compared = [name for name in SUITES["quick"].schedules if name in schedules.SCHEDULES]
+    compared = SUITES["quick"].schedules
+    assert {"constant", "step", "cosine", "plateau", "autodrop", "autodrop-smooth", "activesgd"} == set(compared)
     at_task_lr = [s for s in specs if s.lr == 0.05]
     assert sorted({s.schedule for s in at_task_lr}) == sorted(compared)
     assert all(sorted(s.seed for s in at_task_lr if s.schedule == name) == [0, 1] for name in compared)
@@ -68,6 +70,19 @@ def test_autodrop_drop_averages_and_refreshes_batchnorm(monkeypatch):
     assert record["trigger_epochs"] == record["drop_epochs"] == [3, 4, 5]
     assert record["epoch_lr"] == pytest.approx([0.05, 0.05, 0.05, 0.01, 0.002])
     assert calls == [2, 2, 2]  # 1200 training inputs in batches of 1024, once per drop
+
+
+def test_activelr_row_builds_its_optimizer_and_ends_each_epoch(monkeypatch):
+    ended = []
+    original = ActiveSGD.end_epoch
+    monkeypatch.setattr(ActiveSGD, "end_epoch", lambda self: ended.append(self.param_groups[0]["epoch"])
+                        or original(self))
+    record = run_one(spec("activesgd", epochs=3))
+    assert ended == [0, 1, 2]  # one epoch ended per training epoch, each after its steps
+    assert record["epoch_lr"] == [0.05] * 3 and record["history"] is None and len(record["omega"]) == 3
+    assert plan_runs(SUITES["standard"], schedules=["activeadamw"], seeds=1)[0].lr == 1e-3
+    sweep = sorted({s.lr for s in plan_runs(SUITES["standard"], schedules=["activesgd"], seeds=1)})
+    assert sweep == pytest.approx([0.005, 0.015, 0.05, 0.15, 0.5])  # two orders of magnitude
 
 
 def test_runs_are_deterministic_under_a_seed():

@@ -122,16 +122,12 @@ def plan_runs(
 
     ``schedules`` restricts both parts; ``seeds`` sets both parts' seed count;
     ``lrs`` replaces the sweep's LRs (absolute values) for every sweep schedule;
-    ``epochs`` overrides every task's. Rows not available (ActiveLR before it
-    ships) are left out of the suite's defaults; naming one raises.
+    ``epochs`` overrides every task's.
     """
-    if schedules is None:
-        chosen = [name for name in suite.schedules if name in SCHEDULES]
-    else:
-        chosen = list(dict.fromkeys(schedules))
-        unknown = [name for name in chosen if name not in SCHEDULES]
-        if unknown:
-            raise ValueError(f"--schedules {unknown} unknown; available: {sorted(SCHEDULES)}")
+    chosen = list(dict.fromkeys(suite.schedules if schedules is None else schedules))
+    unknown = [name for name in chosen if name not in SCHEDULES]
+    if unknown:
+        raise ValueError(f"--schedules {unknown} unknown; available: {sorted(SCHEDULES)}")
     lrs = None if lrs is None else sorted(set(lrs))
     if lrs is not None and any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
         raise ValueError(f"--lrs must be positive numbers, got {lrs}")

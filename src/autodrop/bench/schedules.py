@@ -16,7 +16,10 @@ once per epoch by ``end_epoch(val_loss)``. Rows:
 - ``autodrop-smooth``: a named, non-paper detector option benchmarked beside
   the faithful one: omega averaged over 5 epochs and threshold 0.2 deg (the
   demo's setting), because on small tasks omega moves by 1-2 deg from epoch to
-  epoch, far above the paper's 0.01 deg.
+  epoch, far above the paper's 0.01 deg;
+- ``activesgd`` / ``activeadamw``: the ActiveLR optimizers at their faithful
+  defaults (lr_high 2.0, lr_low 0.5) with no LR schedule, as their authors ran
+  them; the row builds the optimizer and ends its epoch once per epoch.
 
 Optimizers: SGD with Nesterov momentum 0.9 and weight decay 5e-4 (the paper's),
 or AdamW (torch defaults, weight decay 1e-2).
@@ -24,7 +27,6 @@ or AdamW (torch defaults, weight decay 1e-2).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ..active import ActiveAdamW, ActiveSGD
 from ..scheduler import AutoDrop
 
 __all__ = ["PAPER_DELAY", "PAPER_EPOCHS", "SCHEDULES", "Control", "Schedule", "Setup", "autodrop_delay"]
@@ -141,9 +144,9 @@ def _active(cls: type[Optimizer]) -> Callable[[Setup], Control]:
     return build
 
 
-def available_schedules() -> dict[str, Schedule]:
-    """Every row; the ActiveLR rows only once ``autodrop`` ships its optimizers."""
-    rows = [
+SCHEDULES: dict[str, Schedule] = {
+    row.name: row
+    for row in (
         Schedule("constant", "constant LR", _constant),
         Schedule("step", "MultiStepLR at 30/60/80% of the epochs, gamma 0.2", _step),
         Schedule("cosine", "cosine annealing to 0 over the run", _cosine),
@@ -152,15 +155,9 @@ def available_schedules() -> dict[str, Schedule]:
                  _autodrop()),
         Schedule("autodrop-smooth", "AutoDrop, non-paper option: window 5, threshold 0.2 deg",
                  _autodrop(window=5, threshold=0.2)),
-    ]
-    package = importlib.import_module("autodrop")
-    if hasattr(package, "ActiveSGD"):
-        rows.append(Schedule("activesgd", "ActiveSGD (ActiveLR), no LR schedule", _active(package.ActiveSGD),
-                             optimizer="sgd"))
-    if hasattr(package, "ActiveAdamW"):
-        rows.append(Schedule("activeadamw", "ActiveAdamW (ActiveLR), no LR schedule",
-                             _active(package.ActiveAdamW), optimizer="adamw"))
-    return {row.name: row for row in rows}
-
-
-SCHEDULES = available_schedules()
+        Schedule("activesgd", "ActiveSGD (ActiveLR, lr_high 2, lr_low 0.5), no LR schedule",
+                 _active(ActiveSGD), optimizer="sgd"),
+        Schedule("activeadamw", "ActiveAdamW (ActiveLR, lr_high 2, lr_low 0.5), no LR schedule",
+                 _active(ActiveAdamW), optimizer="adamw"),
+    )
+}
