@@ -34,7 +34,7 @@ def records():
         fake_record("step", 0.05, 1, [9.0, 7.0, 6.0, 5.0, 5.0]),
         fake_record("autodrop", 0.05, 0, [9.0, 6.0, 3.0, 3.5, 3.0], drops=(5,), deltas=deltas),
         fake_record("autodrop", 0.05, 1, [9.0, 6.0, 5.0, 4.0, 4.0], deltas=[None, None, 2.0, 1.5, 1.0]),
-        fake_record("step", 0.1, 0, [9.0, 8.0, 8.0, 8.0, 8.0]),
+        dict(fake_record("step", 0.1, 0, [9.0, 8.0, 8.0, 8.0, 8.0]), diverged=True),
         fake_record("autodrop", 0.1, 0, [9.0, 8.0, 7.0, 7.0, 7.0], deltas=[None, None, 3.0, 3.0, 3.0]),
     ]
 
@@ -55,7 +55,7 @@ def test_report_tables_hold_the_measured_numbers(out):
     assert "| -1.00 ± 0.00 | [5]; [] |" in text
     # Table 2: one row per initial LR.
     assert f"| 0.05 | 4.50 ± {std([4.0, 5.0]):.2f} | 3.50 ± {std([3.0, 4.0]):.2f} |" in text
-    assert "| 0.1 | 8.00 (n=1) | 7.00 (n=1) |" in text
+    assert "| 0.1 | 8.00 (n=1) (1 diverged) | 7.00 (n=1) |" in text
     # Epochs to best, and the first epoch at or below step's mean final error 4.5 per seed.
     assert f"| `autodrop` | 3.5 ± {std([3.0, 4.0]):.1f} | 3, 4 | 5 |" in text
     assert f"| `step` | 4.5 ± {std([5.0, 4.0]):.1f} | 5, never | 5 |" in text

@@ -57,6 +57,11 @@ def _mean_std(values: Sequence[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _diverged(group: Sequence[Record]) -> str:
+    count = sum(r["diverged"] for r in group)
+    return f" ({count} diverged)" if count else ""
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -110,7 +115,7 @@ def _comparison(runs: _Runs) -> list[str]:
             f"`{schedule}`",
             f"{group[0]['lr']:g}",
             len(group),
-            _mean_std([r["final_test_error"] for r in group]),
+            _mean_std([r["final_test_error"] for r in group]) + _diverged(group),
             _mean_std([r["best_test_error"] for r in group]),
             _mean_std([float(r["best_epoch"]) for r in group], 1),
             _mean_std([r["final_train_loss"] for r in group], 4),
@@ -172,8 +177,8 @@ def _sweep(runs: _Runs) -> tuple[list[str], dict[str, list[tuple[float, list[flo
     for lr in lrs:
         row = [f"{lr:g}"]
         for schedule in swept:
-            errors = dict(curves[schedule]).get(lr)
-            row.append(_mean_std(errors) if errors else "—")
+            group = runs.by_schedule_lr.get((schedule, lr))
+            row.append(_mean_std([r["final_test_error"] for r in group]) + _diverged(group) if group else "—")
         rows.append(row)
     return _table(["initial LR"] + [f"`{s}` final test error %" for s in swept], rows), curves
 
@@ -289,7 +294,9 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
     lines += _table(["schedule", "what", "settings in these runs"], [schedule_rows[s] for s in _order(schedule_rows)])
     lines += [
         "Optimizers: SGD with Nesterov momentum 0.9 and weight decay 5e-4 (the paper's); AdamW with "
-        "weight decay 1e-2. Test error is measured after every epoch, on the test set; the validation "
+        "weight decay 1e-2. Test error is measured on the test set after every epoch, after the schedule's "
+        "end-of-epoch step (at an AutoDrop drop: on the averaged parameters); a run whose training loss "
+        "is not finite stops there and counts as diverged. The validation "
         "split (held out of the training set, the same for all runs) feeds ReduceLROnPlateau. "
         "AutoDrop's delay is the paper's 20 epochs of 200, scaled to the same 1:10 ratio when a run is "
         "shorter (the `delay` above). At an AutoDrop drop the parameters are averaged over the delay "
