@@ -45,6 +45,7 @@ def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
         assert f"](figures/{figure})" in report
         assert (out / "figures" / figure).stat().st_size > 10_000
     assert "| `autodrop` | 0.05 | 1 |" in report and "| 0.1 | " in report
+    assert "Identical runs draw one line: `constant` = `autodrop`." in report  # no trigger in 3 epochs
 
     main(argv)  # the same runs again: all found in runs.jsonl, nothing retrained
     assert "(5 already in" in capsys.readouterr().out

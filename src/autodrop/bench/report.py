@@ -202,6 +202,15 @@ def _epochs_to_best(runs: _Runs) -> list[str]:
     return _table(header, rows)
 
 
+def _coinciding(runs: _Runs) -> str:
+    """A sentence naming the schedules whose plotted runs are identical (their lines overlap)."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for schedule in runs.schedules:
+        groups[tuple(runs.main(schedule)[0]["test_error"])].append(schedule)
+    same = [" = ".join(f"`{s}`" for s in names) for names in groups.values() if len(names) > 1]
+    return (" Identical runs draw one line: " + "; ".join(same) + ".") if same else ""
+
+
 def _plot_curves(runs: _Runs, task: str, path: Path) -> Path:
     plt = _pyplot()
     figure, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
@@ -315,8 +324,8 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
         lines += ["### Epochs to best (paper Fig. 7 analog)", ""] + _epochs_to_best(runs)
         lines += ["### Figures", ""]
         curve_path = _plot_curves(runs, task, figures / f"{task}-curves.png")
-        lines += ["LR, omega, train loss and test error against epochs (paper Fig. 6 analog):", "",
-                  f"![{task} curves](figures/{curve_path.name})", ""]
+        lines += ["LR, omega, train loss and test error against epochs (paper Fig. 6 analog)."
+                  + _coinciding(runs), "", f"![{task} curves](figures/{curve_path.name})", ""]
         for schedule in runs.schedules:
             record = runs.main(schedule)[0]
             if record["history"] is not None:
