@@ -252,7 +252,7 @@ def _plot_sweep(curves: dict[str, list[tuple[float, list[float]]]], task: str, p
     axis.set_xscale("log")
     axis.set_xlabel("initial LR")
     axis.set_ylabel("final test error %")
-    axis.set_title(f"{task}: final test error against the initial LR (mean ± std over seeds)")
+    axis.set_title(f"{task}: final test error vs initial LR (mean ± std)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
