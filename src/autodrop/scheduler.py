@@ -201,6 +201,14 @@ class AutoDrop(LRScheduler):
         """Current threshold theta on the change of omega, degrees."""
         return self.detector.threshold
 
+    def buffer_bytes(self) -> int:
+        """Bytes of the tensors AutoDrop holds: snapshot and step, plus the sum in the window.
+
+        ``2 P e_b`` outside the delay window and ``3 P e_b`` inside, for P parameters
+        with buffer element size ``e_b = max(4, parameter element size)`` per bucket.
+        """
+        return self.velocity.trajectory.buffer_bytes() + self.averager.buffer_bytes()
+
     def get_lr(self) -> list[float]:
         """The optimizer's current LRs (AutoDrop changes them only in :meth:`step`)."""
         return self._current_lrs()
