@@ -213,6 +213,7 @@ class Row:
     copy: float
     naive: float | None
     held: float
+    peak: float | None
     touched: int
     accelerator_extra: str
 
@@ -242,6 +243,16 @@ def measure_window(
         sync()
         # The allocator rounds every block up to 512 bytes: the measured figure is the one shown.
         held = torch.cuda.memory_allocated(device) - before
+
+    peak = None
+    if device.type == "cuda":
+        Perturbation(params, seed=3)()
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        scheduler.step()
+        sync()
+        peak = held + torch.cuda.max_memory_allocated(device) - start
 
     source = torch.empty(touched // 2 // 4, dtype=torch.float32, device=device).normal_()
     target = torch.empty_like(source)
@@ -278,6 +289,7 @@ def measure_window(
         copy=statistics.median(copies),
         naive=statistics.median(naives) if naives else None,
         held=held / (num * max(4, params[0].element_size())),
+        peak=peak / (num * max(4, params[0].element_size())) if peak is not None else None,
         touched=touched,
         accelerator_extra=accelerator,
     )
@@ -339,7 +351,7 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
         f"{'copy ms':>9s} {'step/copy':>9s} {'step/naive':>10s} {'held/param':>10s}"
     )
     if args.device.type == "cuda":
-        header += f" {'cpu-snapshot accel. bytes held/peak':>36s}"
+        header += f" {'peak/param':>10s} {'cpu-snapshot accel. bytes held/peak':>36s}"
     print(header)
     ok = True
     for row in rows:
@@ -349,7 +361,7 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
             f"{1e3 * row.step:9.3f} {1e3 * row.copy:9.3f} {row.over_copy:9.2f} {naive} {row.held:10.2f}"
         )
         if args.device.type == "cuda":
-            line += f" {row.accelerator_extra:>36s}"
+            line += f" {row.peak:10.2f} {row.accelerator_extra:>36s}"
         misses = []
         if row.nominal >= 10**6 and row.over_copy > STEP_OVER_COPY_TARGET:
             misses.append(f"step/copy > {STEP_OVER_COPY_TARGET}")
@@ -363,6 +375,8 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
         "held/param: AutoDrop's buffers / (P x max(4, parameter element size)); for 16-bit "
         "parameters that is half the ratio to their own bytes."
     )
+    if args.device.type == "cuda":
+        print("peak/param: held plus the most allocated during one step(), same unit (torch.cuda.max_memory_allocated).")
     return ok
 
 

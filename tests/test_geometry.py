@@ -71,3 +71,40 @@ def test_rejects_empty_or_repeated_params(bad, message):
         bad = [p, p]
     with pytest.raises(ValueError, match=message):
         ParameterTrajectory(bad)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_both_reduction_kernels_match_float64(fused):
+    from autodrop.geometry import _step_reductions
+
+    params = make_params()
+    trajectory = ParameterTrajectory(params)
+    before = flat64(params)
+    perturb(params, 0.1, 0)
+    trajectory.advance()
+    previous_step = flat64(params) - before
+    before = flat64(params)
+    perturb(params, 0.1, 1)
+    (bucket,) = trajectory.buckets
+    torch._foreach_sub_(bucket.snapshot_views, params)  # the snapshot row now holds d_i = -s_i
+    step = flat64(params) - before
+    dot, norm_sq = _step_reductions(bucket, fused).double().numpy()
+    np.testing.assert_allclose(dot, step @ previous_step, rtol=1e-6)
+    np.testing.assert_allclose(norm_sq, step @ step, rtol=1e-6)
+
+
+@pytest.mark.parametrize("advances", [2, 3])
+def test_state_round_trip_continues_bit_identically(advances):
+    # After an odd number of advances the snapshot sits in the other row of the pair;
+    # the loaded trajectory must use the same row (the reductions' rounding depends on it).
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.randn(1001, generator=generator), torch.randn(37, 3, generator=generator)]
+    trajectory = ParameterTrajectory(params)
+    for seed in range(advances):
+        perturb(params, 0.1, seed)
+        trajectory.advance()
+    resumed = ParameterTrajectory(params)
+    resumed.load_state_dict(trajectory.state_dict())
+    for seed in range(advances, advances + 3):
+        perturb(params, 0.1, seed)
+        assert resumed.advance() == trajectory.advance()
