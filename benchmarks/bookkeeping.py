@@ -48,6 +48,7 @@ from torch import Tensor
 
 from autodrop import AutoDrop
 
+CLOCK = {"cpu": "process CPU time", "cuda": "wall time between synchronizations"}
 STEP_OVER_COPY_TARGET = 1.5
 HELD_TARGET = {"outside": 2.0, "inside": 3.0}
 EPOCH_OVERHEAD_TARGET = 0.005
@@ -104,16 +105,27 @@ def deep_shapes(target: int, tensors: int) -> list[tuple[int, ...]]:
 # ---------------------------------------------------------------- timing helpers
 
 
-def synchronizer(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def stopwatch(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """Seconds one call takes: wall time between ``torch.cuda.synchronize()`` calls on CUDA;
+    on CPU the CPU time of this process (all its threads), which other processes
+    preempting it on a shared machine do not inflate."""
+    if device.type == "cuda":
 
+        def timed(fn: Callable[[], object]) -> float:
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize(device)
+            return time.perf_counter() - start
 
-def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
+    else:
+
+        def timed(fn: Callable[[], object]) -> float:
+            start = time.process_time()
+            fn()
+            return time.process_time() - start
+
+    return timed
 
 
 class Perturbation:
@@ -230,28 +242,27 @@ def measure_window(
     args: argparse.Namespace,
 ) -> Row:
     """Interleaved repeats of: perturb, AutoDrop.step(), the reference copy, the naive step."""
-    device, sync = args.device, synchronizer(args.device)
+    device, timed = args.device, stopwatch(args.device)
+    cuda = device.type == "cuda"
     params = make_params(shapes, device, args.dtype)
     num = sum(p.numel() for p in params)
     touched = touched_bytes(num, params[0].element_size(), inside)
 
-    sync()
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if cuda:
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
     scheduler = scheduler_for(params, inside, None)
-    held = scheduler.buffer_bytes()
-    if device.type == "cuda":
-        sync()
+    held, peak = scheduler.buffer_bytes(), None
+    if cuda:
+        torch.cuda.synchronize(device)
         # The allocator rounds every block up to 512 bytes: the measured figure is the one shown.
         held = torch.cuda.memory_allocated(device) - before
-
-    peak = None
-    if device.type == "cuda":
         Perturbation(params, seed=3)()
-        sync()
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
         scheduler.step()
-        sync()
+        torch.cuda.synchronize(device)
         peak = held + torch.cuda.max_memory_allocated(device) - start
 
     source = torch.empty(touched // 2 // 4, dtype=torch.float32, device=device).normal_()
@@ -261,12 +272,12 @@ def measure_window(
     steps, copies, naives = [], [], []
     for repeat in range(args.warmup + args.repeats):
         perturb()
-        step_time = timed(scheduler.step, sync)
-        copy_time = timed(lambda: target.copy_(source), sync)
+        step_time = timed(scheduler.step)
+        copy_time = timed(lambda: target.copy_(source))
         naive_time = None
         if naive is not None:
             perturb()
-            naive_time = timed(naive.step, sync)
+            naive_time = timed(naive.step)
         if repeat >= args.warmup:
             steps.append(step_time)
             copies.append(copy_time)
@@ -276,7 +287,7 @@ def measure_window(
         raise RuntimeError(f"{name}: the scheduler left its scripted state (pending={scheduler.pending})")
 
     accelerator = "-"
-    if device.type == "cuda":
+    if cuda:
         del source, target, naive
         accelerator = cpu_snapshot_accelerator_bytes(params, inside)
     return Row(
@@ -344,7 +355,7 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
     print(
         f"\nTable 1: one AutoDrop.step() vs the copy of the bytes it must touch "
         f"({args.device.type}, {str(args.dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats})"
+        f"median of {args.repeats}, {CLOCK[args.device.type]})"
     )
     header = (
         f"{'model':10s} {'P':>11s} {'tensors':>7s} {'window':>7s} {'touched MB':>10s} {'step ms':>9s} "
@@ -419,10 +430,11 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Ten
 def table_two(args: argparse.Namespace) -> bool:
     print(
         f"\nTable 2: per-epoch overhead, AutoDrop.step() / epoch (random tensors of the real "
-        f"shapes, batch 128, {torch.get_num_threads()} threads, median of {args.epochs} epochs)"
+        f"shapes, batch 128, {torch.get_num_threads()} threads, median of {args.epochs} epochs, "
+        f"{CLOCK[args.device.type]})"
     )
     print(f"{'model':26s} {'P':>8s} {'epoch s':>8s} {'step ms out/in':>15s} {'overhead out/in':>16s}")
-    device, sync = args.device, synchronizer(args.device)
+    device, timed = args.device, stopwatch(args.device)
     ok = True
     for name, build, samples, features in SUITE:
         torch.manual_seed(0)
@@ -434,9 +446,9 @@ def table_two(args: argparse.Namespace) -> bool:
         outside, inside = scheduler_for(params, False, None), scheduler_for(params, True, None)
         epochs, steps_out, steps_in = [], [], []
         for _ in range(args.epochs):
-            epochs.append(timed(lambda: train_epoch(model, optimizer, x, y), sync))
-            steps_out.append(timed(outside.step, sync))
-            steps_in.append(timed(inside.step, sync))
+            epochs.append(timed(lambda: train_epoch(model, optimizer, x, y)))
+            steps_out.append(timed(outside.step))
+            steps_in.append(timed(inside.step))
         epoch = statistics.median(epochs)
         step_out, step_in = statistics.median(steps_out), statistics.median(steps_in)
         worst = max(step_out, step_in) / epoch

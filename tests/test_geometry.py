@@ -74,10 +74,12 @@ def test_rejects_empty_or_repeated_params(bad, message):
 
 
 @pytest.mark.parametrize("chunked", [True, False])
-def test_both_reduction_kernels_match_float64(chunked):
+@pytest.mark.parametrize("extra", [(), ((16, 4096),), ((17, 4096), (5,))], ids=["small", "chunks", "chunks+tail"])
+def test_both_reduction_kernels_match_float64(chunked, extra):
     from autodrop.geometry import _step_reductions
 
-    params = make_params()
+    generator = torch.Generator().manual_seed(1)
+    params = make_params() + [torch.randn(shape, generator=generator) for shape in extra]
     trajectory = ParameterTrajectory(params)
     before = flat64(params)
     perturb(params, 0.1, 0)
@@ -89,7 +91,9 @@ def test_both_reduction_kernels_match_float64(chunked):
     torch._foreach_sub_(bucket.snapshot_views, params)  # the snapshot row now holds d_i = -s_i
     step = flat64(params) - before
     dot, norm_sq = _step_reductions(bucket, chunked).double().numpy()
-    np.testing.assert_allclose(dot, step @ previous_step, rtol=1e-6)
+    # The dot's error is what it adds to the cosine: relative to |s_i| |s_{i-1}|.
+    scale = np.linalg.norm(step) * np.linalg.norm(previous_step)
+    np.testing.assert_allclose(dot / scale, step @ previous_step / scale, atol=1e-6)
     np.testing.assert_allclose(norm_sq, step @ step, rtol=1e-6)
 
 
