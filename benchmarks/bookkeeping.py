@@ -224,14 +224,12 @@ class Row:
     step: float
     copy: float
     naive: float | None
+    over_copy: float
+    over_naive: float | None
     held: float
     peak: float | None
     touched: int
     accelerator_extra: str
-
-    @property
-    def over_copy(self) -> float:
-        return self.step / self.copy
 
 
 def measure_window(
@@ -241,7 +239,11 @@ def measure_window(
     inside: bool,
     args: argparse.Namespace,
 ) -> Row:
-    """Interleaved repeats of: perturb, AutoDrop.step(), the reference copy, the naive step."""
+    """Interleaved repeats of: perturb, AutoDrop.step(), the reference copy, the naive step.
+
+    Step and copy run back to back, in alternating order, so that each pair sees the
+    same machine; the ratios are medians of the per-repeat ratios.
+    """
     device, timed = args.device, stopwatch(args.device)
     cuda = device.type == "cuda"
     params = make_params(shapes, device, args.dtype)
@@ -272,8 +274,12 @@ def measure_window(
     steps, copies, naives = [], [], []
     for repeat in range(args.warmup + args.repeats):
         perturb()
-        step_time = timed(scheduler.step)
-        copy_time = timed(lambda: target.copy_(source))
+        if repeat % 2:
+            copy_time = timed(lambda: target.copy_(source))
+            step_time = timed(scheduler.step)
+        else:
+            step_time = timed(scheduler.step)
+            copy_time = timed(lambda: target.copy_(source))
         naive_time = None
         if naive is not None:
             perturb()
@@ -299,6 +305,8 @@ def measure_window(
         step=statistics.median(steps),
         copy=statistics.median(copies),
         naive=statistics.median(naives) if naives else None,
+        over_copy=statistics.median(s / c for s, c in zip(steps, copies)),
+        over_naive=statistics.median(s / n for s, n in zip(steps, naives)) if naives else None,
         held=held / (num * max(4, params[0].element_size())),
         peak=peak / (num * max(4, params[0].element_size())) if peak is not None else None,
         touched=touched,
@@ -359,17 +367,18 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
     )
     header = (
         f"{'model':10s} {'P':>11s} {'tensors':>7s} {'window':>7s} {'touched MB':>10s} {'step ms':>9s} "
-        f"{'copy ms':>9s} {'step/copy':>9s} {'step/naive':>10s} {'held/param':>10s}"
+        f"{'copy ms':>9s} {'naive ms':>9s} {'step/copy':>9s} {'step/naive':>10s} {'held/param':>10s}"
     )
     if args.device.type == "cuda":
         header += f" {'peak/param':>10s} {'cpu-snapshot accel. bytes held/peak':>36s}"
     print(header)
     ok = True
     for row in rows:
-        naive = f"{row.step / row.naive:10.3f}" if row.naive is not None else f"{'-':>10s}"
+        naive = f"{row.over_naive:10.3f}" if row.over_naive is not None else f"{'-':>10s}"
+        naive_ms = f"{1e3 * row.naive:9.3f}" if row.naive is not None else f"{'-':>9s}"
         line = (
             f"{row.name:10s} {row.num:11,d} {row.tensors:7d} {row.window:>7s} {row.touched / 1e6:10.1f} "
-            f"{1e3 * row.step:9.3f} {1e3 * row.copy:9.3f} {row.over_copy:9.2f} {naive} {row.held:10.2f}"
+            f"{1e3 * row.step:9.3f} {1e3 * row.copy:9.3f} {naive_ms} {row.over_copy:9.2f} {naive} {row.held:10.2f}"
         )
         if args.device.type == "cuda":
             line += f" {row.peak:10.2f} {row.accelerator_extra:>36s}"

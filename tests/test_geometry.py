@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from autodrop.geometry import ParameterTrajectory
+from autodrop.geometry import CHUNKED_FROM, ParameterTrajectory, _step_reductions
 
 from trajectories import flat64
 
@@ -74,10 +74,8 @@ def test_rejects_empty_or_repeated_params(bad, message):
 
 
 @pytest.mark.parametrize("chunked", [True, False])
-@pytest.mark.parametrize("extra", [(), ((16, 4096),), ((17, 4096), (5,))], ids=["small", "chunks", "chunks+tail"])
+@pytest.mark.parametrize("extra", [(), ((CHUNKED_FROM,),), ((CHUNKED_FROM + 1, 3),)], ids=["small", "chunks", "chunks+tail"])
 def test_both_reduction_kernels_match_float64(chunked, extra):
-    from autodrop.geometry import _step_reductions
-
     generator = torch.Generator().manual_seed(1)
     params = make_params() + [torch.randn(shape, generator=generator) for shape in extra]
     trajectory = ParameterTrajectory(params)
@@ -116,7 +114,7 @@ def test_state_round_trip_continues_bit_identically(advances):
 
 def test_reductions_stay_accurate_over_millions_of_elements():
     # One fp32 BLAS dot over these 3e6 terms is off by 3e-4 relative (measured); the chunked
-    # reduction (4096-term fp32 chunks summed in float64) stays near fp32 resolution.
+    # reduction (fp32 chunks summed in float64) stays within a few fp32 roundings.
     generator = torch.Generator().manual_seed(0)
     first = torch.randn(3_000_017, generator=generator, dtype=torch.float64)
     second = first + 0.5 * torch.randn(first.shape, generator=generator, dtype=torch.float64)
@@ -129,6 +127,6 @@ def test_reductions_stay_accurate_over_millions_of_elements():
     param.sub_(first.float() * 1e-3)
     stats = trajectory.advance()
     s1, s2 = x1 - x0, param.double() - x1
-    np.testing.assert_allclose(stats.dot, float(s2 @ s1), rtol=1e-7)
-    np.testing.assert_allclose(stats.norm_sq, float(s2 @ s2), rtol=1e-7)
-    np.testing.assert_allclose(stats.previous_norm_sq, float(s1 @ s1), rtol=1e-7)
+    np.testing.assert_allclose(stats.dot, float(s2 @ s1), rtol=1e-6)
+    np.testing.assert_allclose(stats.norm_sq, float(s2 @ s2), rtol=1e-6)
+    np.testing.assert_allclose(stats.previous_norm_sq, float(s1 @ s1), rtol=1e-6)
