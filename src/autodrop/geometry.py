@@ -20,15 +20,23 @@ The step is stored negated, ``d_i = x_{i-1} - x_i = -s_i``: that lets the
 snapshot buffer turn into the step buffer in place (``x_{i-1} -= x_i``), and
 ``<d_i, d_{i-1}> = <s_i, s_{i-1}>``, ``|d_i| = |s_i|``, so nothing downstream sees
 the sign.
+
+Under torch.distributed the buckets hold each rank's local tensors (the
+``to_local()`` shard of a DTensor) and the per-bucket partial sums of the counted
+tensors are added over the process group in one ``all_reduce``; see
+:mod:`autodrop.distributed` for which rank counts which tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from .distributed import ReplicaCounting, is_dtensor, local_tensor
 
 __all__ = ["ParameterTrajectory", "StepStatistics"]
 
@@ -56,21 +64,25 @@ CHUNKED_FROM = 2 * REDUCTION_CHUNK
 
 
 class _Bucket:
-    """Parameters of one (device, dtype) and their two flat buffers, rows of one tensor.
+    """Parameters of one (device, dtype, counted) and their two flat buffers (local shards),
+    rows of one tensor.
 
     Every view the per-interval work needs is made once here (a view costs a
     dispatch, 5-20 us when caches are cold after an epoch of training).
     """
 
-    def __init__(self, params: list[Tensor], device: torch.device) -> None:
+    def __init__(self, params: list[Tensor], device: torch.device, counted: bool) -> None:
         self.params = params
+        self.counted = counted
+        self.shapes = [local_tensor(p).shape for p in params]
         dtype = torch.promote_types(params[0].dtype, torch.float32)
-        numel = sum(p.numel() for p in params)
+        numel = sum(shape.numel() for shape in self.shapes)
         self.pair = torch.zeros(2, numel, dtype=dtype, device=device)
         self.rows = [self.pair[0], self.pair[1]]
         self.row_views = [self.views(row) for row in self.rows]
         self.snapshot_row = 0
         self.offloaded = self.pair.device != params[0].device
+        self.sharded = any(is_dtensor(p) for p in params)
         # The reductions' chunked layout: [chunk, element, row] over the first
         # chunks * REDUCTION_CHUNK elements of both rows, and the rest.
         chunks = numel // REDUCTION_CHUNK if numel >= CHUNKED_FROM else 0
@@ -95,21 +107,25 @@ class _Bucket:
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of ``flat`` shaped like the parameters, in order."""
         views, offset = [], 0
-        for p in self.params:
-            views.append(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        for shape in self.shapes:
+            views.append(flat[offset : offset + shape.numel()].view(shape))
+            offset += shape.numel()
         return views
 
-    def current_params(self) -> list[Tensor]:
-        """The parameters as tensors on the buffers' device (copies when offloaded).
+    def local_params(self) -> list[Tensor]:
+        """This rank's part of each parameter (the parameter itself when not sharded)."""
+        return [local_tensor(p) for p in self.params]
 
-        Beside the parameters this is the parameter list itself: the callers run
-        under ``torch.no_grad()`` and only read it, and building a list of
-        ``detach()``-ed tensors cost about 1 us per tensor per call.
+    def current_params(self) -> list[Tensor]:
+        """The local parameters as tensors on the buffers' device (copies when offloaded).
+
+        Unsharded and beside the parameters this is the parameter list itself: the
+        callers run under ``torch.no_grad()`` and only read it, and a fresh list of
+        ``detach()``-ed tensors costs about 1 us per tensor per call.
         """
         if self.offloaded:
-            return [p.detach().to(self.pair.device) for p in self.params]
-        return self.params
+            return [p.to(self.pair.device) for p in self.local_params()]
+        return self.local_params() if self.sharded else self.params
 
     def swap(self) -> None:
         self.snapshot_row = 1 - self.snapshot_row
@@ -139,13 +155,15 @@ def _step_reductions(bucket: _Bucket, chunked: bool | None = None) -> Tensor:
     return torch.stack([torch.dot(new, bucket.step), torch.dot(new, new)])
 
 
-def _bucketize(params: Sequence[Tensor], snapshot_device: torch.device | None) -> list[_Bucket]:
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in params:
-        groups.setdefault((p.device, p.dtype), []).append(p)
+def _bucketize(
+    params: Sequence[Tensor], counted: Sequence[bool], snapshot_device: torch.device | None
+) -> list[_Bucket]:
+    groups: dict[tuple[torch.device, torch.dtype, bool], list[Tensor]] = {}
+    for p, is_counted in zip(params, counted, strict=True):
+        groups.setdefault((p.device, p.dtype, is_counted), []).append(p)
     return [
-        _Bucket(members, snapshot_device if snapshot_device is not None else device)
-        for (device, _), members in groups.items()
+        _Bucket(members, snapshot_device if snapshot_device is not None else device, is_counted)
+        for (device, _, is_counted), members in groups.items()
     ]
 
 
@@ -154,17 +172,24 @@ class ParameterTrajectory:
 
     Memory held: two copies of the parameters (in at least fp32), on
     ``snapshot_device`` when given (e.g. ``"cpu"`` to keep them off the
-    accelerator), else beside each parameter.
+    accelerator), else beside each parameter. Of sharded (DTensor) parameters
+    only this rank's shards are held.
 
     Args:
         params: the tensors whose trajectory is measured; every parameter the
             optimizer updates. Frozen parameters are allowed: their step is zero
             and contributes nothing to the reductions.
         snapshot_device: where the buffers live; ``None`` = each parameter's device.
+        process_group: the torch.distributed group the sums are reduced over;
+            ``None`` = the default group when torch.distributed is initialized
+            (see :class:`autodrop.distributed.ReplicaCounting`).
     """
 
     def __init__(
-        self, params: Iterable[Tensor], snapshot_device: torch.device | str | None = None
+        self,
+        params: Iterable[Tensor],
+        snapshot_device: torch.device | str | None = None,
+        process_group: Any = None,
     ) -> None:
         self.params = list(params)
         if not self.params:
@@ -172,7 +197,8 @@ class ParameterTrajectory:
         if len({id(p) for p in self.params}) != len(self.params):
             raise ValueError("params contains the same tensor more than once")
         device = torch.device(snapshot_device) if snapshot_device is not None else None
-        self.buckets = _bucketize(self.params, device)
+        self.counting = ReplicaCounting(self.params, process_group)
+        self.buckets = _bucketize(self.params, self.counting.counted, device)
         self.previous_norm_sq: float | None = None
         self.rebase()
 
@@ -221,9 +247,11 @@ class ParameterTrajectory:
         return stats
 
     def _reduce(self, partials: list[Tensor]) -> Tensor:
-        """Sum per-bucket partial reductions in float64 on one device."""
+        """Sum the counted buckets' partial reductions in float64, then over the process group."""
         device = partials[0].device
-        return torch.stack([p.to(device=device, dtype=torch.float64) for p in partials]).sum(0)
+        counted = [p.to(device=device, dtype=torch.float64) for p, b in zip(partials, self.buckets) if b.counted]
+        total = torch.stack(counted).sum(0) if counted else torch.zeros_like(partials[0], dtype=torch.float64)
+        return self.counting.all_reduce(total)
 
     def snapshots(self) -> list[Tensor]:
         """The flat snapshot buffer of each bucket (the parameters at the last measurement)."""
@@ -233,7 +261,7 @@ class ParameterTrajectory:
     def write_params(self, flats: Sequence[Tensor]) -> None:
         """Copy flat per-bucket vectors (laid out like the snapshots) into the parameters."""
         for b, flat in zip(self.buckets, flats, strict=True):
-            torch._foreach_copy_(b.params, b.views(flat))
+            torch._foreach_copy_(b.local_params(), b.views(flat))
 
     def state_dict(self) -> dict:
         return {

@@ -90,6 +90,11 @@ class AutoDrop(LRScheduler):
             averaged, e.g. to recompute BatchNorm statistics with
             ``torch.optim.swa_utils.update_bn(loader, model)`` (running
             statistics are buffers, not parameters, and are not averaged).
+        process_group: torch.distributed group the decision's sums are reduced
+            over; ``None`` (default) = the default group when torch.distributed
+            is initialized. DDP and FSDP2/DTensor parameters need nothing: every
+            rank takes the same decision, identical to a single process's (see
+            :mod:`autodrop.distributed`). Every rank must call :meth:`step`.
 
     Parameters the optimizer does not move in an interval (frozen, or no
     gradient) simply contribute a zero step. Memory: two parameter-sized buffers
@@ -122,6 +127,7 @@ class AutoDrop(LRScheduler):
         eps: float = 1e-8,
         snapshot_device: torch.device | str | None = None,
         after_average: Callable[[], None] | None = None,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -143,7 +149,10 @@ class AutoDrop(LRScheduler):
         self.after_average = after_average
 
         self.velocity = AngularVelocity(
-            self._optimizer_params(), eps=eps, snapshot_device=self._check_device(snapshot_device)
+            self._optimizer_params(),
+            eps=eps,
+            snapshot_device=self._check_device(snapshot_device),
+            process_group=process_group,
         )
         self.detector = SaturationDetector(threshold, max_threshold, window)
         self.averager = WeightedAverage(self.velocity.trajectory)
@@ -267,7 +276,9 @@ class AutoDrop(LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: counters, thresholds, buffers and history.
 
-        Loads with ``torch.load(..., weights_only=True)``.
+        Loads with ``torch.load(..., weights_only=True)``. Under torch.distributed it
+        holds this rank's shards (save one file per rank); for
+        torch.distributed.checkpoint wrap the scheduler in :class:`autodrop.ShardedState`.
         """
         return {
             "version": STATE_VERSION,
