@@ -11,7 +11,8 @@ window:
   bytes the step must touch, B (B/2 read, B/2 written): the bandwidth limit;
 - ``naive``: flatten the model with ``torch.cat`` into fresh vectors every interval,
   subtract, and take the dot product and the norms (outside row only);
-- ``held``: bytes of the buffers AutoDrop holds / bytes of the parameters.
+- ``held``: bytes of the buffers AutoDrop holds / (P e_b), e_b as below (measured with
+  ``torch.cuda.memory_allocated`` on CUDA, ``AutoDrop.buffer_bytes()`` on CPU).
 
 The bytes a step must touch, with e_p the parameters' element size and e_b = max(4, e_p)
 the buffers' (the arithmetic is at least fp32):
@@ -328,7 +329,7 @@ def cpu_snapshot_accelerator_bytes(params: list[Tensor], inside: bool) -> str:
     torch.cuda.synchronize(device)
     held = torch.cuda.memory_allocated(device) - baseline
     peak = torch.cuda.max_memory_allocated(device) - baseline
-    # Perturbation() itself allocates nothing parameter-sized; any growth is AutoDrop's.
+    # Perturbation() allocates nothing on the accelerator; any growth is AutoDrop's.
     return f"{held}/{peak}"
 
 
@@ -393,7 +394,7 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
         print(line + ("   MISSED: " + ", ".join(misses) if misses else ""))
     print(
         "held/param: AutoDrop's buffers / (P x max(4, parameter element size)); for 16-bit "
-        "parameters that is half the ratio to their own bytes."
+        "parameters the ratio to their own bytes is twice this."
     )
     if args.device.type == "cuda":
         print("peak/param: held plus the most allocated during one step(), same unit (torch.cuda.max_memory_allocated).")
