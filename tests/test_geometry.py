@@ -71,3 +71,95 @@ def test_rejects_empty_or_repeated_params(bad, message):
         bad = [p, p]
     with pytest.raises(ValueError, match=message):
         ParameterTrajectory(bad)
+
+
+def bits(tensors):
+    """The exact bit patterns of float tensors (equal bits, not just equal values)."""
+    return [t.detach().clone().view(torch.uint8) for t in tensors]
+
+
+def buffer_bits(trajectory):
+    return bits([b.snapshot for b in trajectory.buckets] + [b.step for b in trajectory.buckets])
+
+
+def assert_same_bits(a, b):
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.float32, torch.bfloat16, torch.float64)])
+def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(bad, dtypes):
+    params = make_params(dtypes)
+    trajectory = ParameterTrajectory(params)
+    snapshots = [flat64(params)]
+    for seed in range(2):
+        perturb(params, 0.1, seed)
+        snapshots.append(flat64(params))
+        trajectory.advance()
+    before, previous_norm_sq = buffer_bits(trajectory), trajectory.previous_norm_sq
+
+    good = [p.clone() for p in params]
+    perturb(params, 0.1, 7)
+    with torch.no_grad():
+        params[2].view(-1)[5] = bad
+    stats = trajectory.advance()
+    assert stats.fault == "nonfinite"
+    assert_same_bits(buffer_bits(trajectory), before)
+    assert trajectory.previous_norm_sq == previous_norm_sq
+
+    # The next finite interval is measured from x_{i-1} against d_{i-1}, as if the fault never happened.
+    with torch.no_grad():
+        for p, g in zip(params, good):
+            p.copy_(g)
+    perturb(params, 0.1, 8)
+    stats = trajectory.advance()
+    step, last = flat64(params) - snapshots[-1], snapshots[-1] - snapshots[-2]
+    assert stats.fault is None
+    np.testing.assert_allclose(stats.dot, step @ last, rtol=1e-5)
+    np.testing.assert_allclose(stats.norm_sq, step @ step, rtol=1e-5)
+    np.testing.assert_allclose(stats.previous_norm_sq, last @ last, rtol=1e-5)
+
+
+def test_zero_step_is_not_taken_and_the_last_nonzero_step_stays_the_previous_one():
+    params = make_params()
+    trajectory = ParameterTrajectory(params)
+    snapshots = [flat64(params)]
+    for seed in range(2):
+        perturb(params, 0.1, seed)
+        snapshots.append(flat64(params))
+        trajectory.advance()
+    before = buffer_bits(trajectory)
+    stats = trajectory.advance()  # nothing moved
+    assert stats.fault == "zero_step" and stats.norm_sq == 0.0
+    assert_same_bits(buffer_bits(trajectory), before)
+    perturb(params, 0.1, 3)
+    stats = trajectory.advance()
+    step, last = flat64(params) - snapshots[-1], snapshots[-1] - snapshots[-2]
+    np.testing.assert_allclose(stats.dot, step @ last, rtol=1e-5)
+
+
+def test_reduction_chunks_cover_every_element_once():
+    params = [torch.zeros(5), torch.zeros(0), torch.zeros(3, 4), torch.zeros(1)]
+    trajectory = ParameterTrajectory(params)
+    plan = trajectory.buckets[0]._chunk_plan(4)
+    assert [(start, stop) for start, stop, _ in plan] == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    assert plan[1][2] == [(0, 4, 5), (2, 0, 3)]
+    assert sum(last - first for _, _, covered in plan for _, first, last in covered) == 18
+
+
+def test_chunked_reduction_matches_one_chunk(monkeypatch):
+    import autodrop.geometry as geometry
+
+    results = []
+    for chunk in (geometry.REDUCTION_CHUNK, 7):
+        monkeypatch.setattr(geometry, "REDUCTION_CHUNK", chunk)
+        params = make_params()
+        trajectory = ParameterTrajectory(params)
+        stats = []
+        for seed in range(3):
+            perturb(params, 0.1, seed)
+            stats.append(trajectory.advance())
+        results.append(stats)
+    for a, b in zip(*results):
+        assert a.norm_sq == pytest.approx(b.norm_sq, rel=1e-14)
+        assert (a.dot is None and b.dot is None) or a.dot == pytest.approx(b.dot, rel=1e-12)
