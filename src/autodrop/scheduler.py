@@ -73,7 +73,8 @@ class AutoDrop(LRScheduler):
     (the trigger's included) accumulate :math:`z = \sum_{k=1}^{n_d} k\,x_k`, and at
     the :math:`n_d`-th the parameters become :math:`z / (n_d(n_d+1)/2)`, every
     group's LR becomes :math:`\max(\alpha_{min}, \rho\,\mathrm{lr})` and
-    :math:`\theta \leftarrow \min(\theta_{max}, \theta / \rho)`.
+    :math:`\theta \leftarrow \min(\theta_{max}, \theta / \rho)` (a group already
+    below its floor keeps its LR: a drop never raises an LR).
 
     Args:
         optimizer: any ``torch.optim.Optimizer``; all its param groups are
@@ -347,7 +348,9 @@ class AutoDrop(LRScheduler):
             if self.after_average is not None:
                 self.after_average()
         for group, floor in zip(self.optimizer.param_groups, self.min_lrs, strict=True):
-            _set_lr(group, max(floor, self.factor * float(group["lr"])))
+            lr = float(group["lr"])
+            # A group that starts below its floor keeps its LR: a drop never raises one.
+            _set_lr(group, min(lr, max(floor, self.factor * lr)))
         self.detector.grow_threshold(self.factor)
         self.pending = False
         self.delay_count = 0
@@ -391,8 +394,9 @@ class AutoDrop(LRScheduler):
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"AutoDrop state must be a dict, got {type(state).__name__}")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"AutoDrop state version {state.get('version')!r} is not supported (expected {STATE_VERSION})")
+        version = state.get("version")
+        if type(version) is not int or version != STATE_VERSION:
+            raise ValueError(f"AutoDrop state version {version!r} is not supported (expected {STATE_VERSION})")
         check_keys("AutoDrop state", state, STATE_KEYS)
 
         def name(key: str) -> str:
@@ -455,10 +459,10 @@ class AutoDrop(LRScheduler):
             lrs = check_list(f"{where}['lrs']", record["lrs"])
             for position, lr in enumerate(lrs):
                 check_real(f"{where}['lrs'][{position}]", lr, ">= 0", lambda v: v >= 0)
-            if record["event"] not in EVENTS:
+            if not (record["event"] is None or isinstance(record["event"], str)) or record["event"] not in EVENTS:
                 raise ValueError(f"{where}['event'] must be one of {EVENTS}, got {record['event']!r}")
             reasons = REASONS if record["event"] == "skipped" else (None,)
-            if record["reason"] not in reasons:
+            if not (record["reason"] is None or isinstance(record["reason"], str)) or record["reason"] not in reasons:
                 raise ValueError(
                     f"{where}['reason'] must be one of {reasons} for event {record['event']!r}, got {record['reason']!r}"
                 )
