@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import demo
+from . import demo, nqm_report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="autodrop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo.add_arguments(commands.add_parser("demo", help="short AutoDrop run on MNIST-1D with a figure"))
+    nqm_report.add_arguments(commands.add_parser("nqm", help="the paper's noisy quadratic model: Theorem 1, Figs. 1 and 3"))
     args = parser.parse_args(argv)
-    {"demo": demo.run}[args.command](args)
+    {"demo": demo.run, "nqm": nqm_report.run}[args.command](args)
