@@ -1,4 +1,6 @@
+import gc
 import math
+import pickle
 import warnings
 
 import numpy as np
@@ -436,3 +438,27 @@ def test_failed_load_names_the_problem_and_leaves_the_scheduler_exactly_as_befor
         with pytest.raises(error, match=message):
             target.load_state_dict(state)
         assert states_equal(target.state_dict(), before)
+
+
+def test_ten_thousand_intervals_keep_memory_flat_with_a_history_cap():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = AutoDrop(optimizer, threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
+    generator = torch.Generator().manual_seed(0)
+    buffer_bytes = scheduler.velocity.trajectory.buffer_bytes()
+    marks = {}
+    for interval in range(1, 10_001):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=generator))
+        scheduler.step()
+        if interval in (1_000, 10_000):
+            gc.collect()
+            marks[interval] = (len(gc.get_objects()), len(pickle.dumps(scheduler.state_dict())))
+    assert scheduler.num_drops > 100  # the averaging window opened and closed many times
+    assert len(scheduler.history) == 100 and scheduler.history[-1]["interval"] == 10_000
+    assert scheduler.velocity.trajectory.buffer_bytes() == buffer_bytes
+    (objects_before, state_before), (objects_after, state_after) = marks[1_000], marks[10_000]
+    assert objects_after - objects_before < 50  # no Python object (tensor, record, list) accumulates
+    assert abs(state_after - state_before) < 1_000  # the retained state does not grow
