@@ -102,7 +102,7 @@ class AutoDrop(LRScheduler):
             silently, ``"raise"`` raises ``FloatingPointError`` with nothing changed.
         max_history: keep only the last ``max_history`` records in
             :attr:`history` (an int ``>= 1``); ``None`` (default) keeps one per
-            ``step()`` forever, about 1 kB each.
+            ``step()`` forever, about 0.4 kB each.
 
     Parameters the optimizer does not move in an interval (frozen, or no
     gradient) simply contribute a zero step. Memory: two parameter-sized buffers
