@@ -151,8 +151,8 @@ def test_chunked_reduction_matches_one_chunk(monkeypatch):
     import autodrop.geometry as geometry
 
     results = []
-    for chunk in (geometry.REDUCTION_CHUNK, 7):
-        monkeypatch.setattr(geometry, "REDUCTION_CHUNK", chunk)
+    for chunk in (geometry.CPU_REDUCTION_CHUNK, 7):
+        monkeypatch.setattr(geometry, "CPU_REDUCTION_CHUNK", chunk)
         params = make_params()
         trajectory = ParameterTrajectory(params)
         stats = []
@@ -160,6 +160,8 @@ def test_chunked_reduction_matches_one_chunk(monkeypatch):
             perturb(params, 0.1, seed)
             stats.append(trajectory.advance())
         results.append(stats)
+        assert trajectory.buckets[0].chunk_size == chunk
+        assert trajectory.scratch_bytes() == min(chunk, trajectory.numel) * (4 + 4 + 8 + 8)
     for a, b in zip(*results):
         assert a.norm_sq == pytest.approx(b.norm_sq, rel=1e-14)
         assert (a.dot is None and b.dot is None) or a.dot == pytest.approx(b.dot, rel=1e-12)
