@@ -4,11 +4,26 @@
 trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
 ``AngularVelocity`` measures that angle alone, under any schedule;
 ``NoisyQuadratic`` is the paper's noisy quadratic model with Theorem 1.
+``ActiveSGD``, ``ActiveAdamW``, ``ActiveRAdam`` and ``ActiveAdaBelief`` adapt a
+per-element LR multiplier from the sign of the epoch-summed gradient (ActiveLR,
+Wadi, Fredette, Senecal, arXiv 2301.10133); ``AdaBelief`` is their AdaBelief base.
 """
 
+from .active import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD
+from .adabelief import AdaBelief
 from .nqm import NoisyQuadratic
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
 
-__all__ = ["AngularVelocity", "AutoDrop", "NoisyQuadratic"]
+__all__ = [
+    "ACTIVE_PRESETS",
+    "ActiveAdaBelief",
+    "ActiveAdamW",
+    "ActiveRAdam",
+    "ActiveSGD",
+    "AdaBelief",
+    "AngularVelocity",
+    "AutoDrop",
+    "NoisyQuadratic",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,523 @@
+"""ActiveLR (Wadi, Fredette, Senecal, arXiv 2301.10133): per-element LR multipliers from gradient signs.
+
+Per parameter element keep a multiplier g (initially 1), the gradient summed over
+the current epoch G_now, and the sign of the last epoch sum that was not zero,
+s_prev (0 until there is one). Every step, the base optimizer's update is scaled
+by g:
+
+    theta_t = theta_{t-1} + g * (base_step(theta_{t-1}) - theta_{t-1}),   G_now += grad
+
+At the end of every epoch, where both signs exist (so from the second epoch on):
+
+    g := g + lr_high    if sign(G_now) == s_prev   (the direction held: additive increase)
+    g := g * lr_low     if sign(G_now) == -s_prev  (it flipped: multiplicative decrease)
+
+then s_prev := sign(G_now) where G_now != 0, and G_now := 0. An element whose
+epoch sum is exactly zero received no gradient (no ``.grad``, unused embedding
+rows, dead units): it keeps its multiplier and its last sign, instead of being
+halved every epoch as in the authors' code. Keeping sign(G_prev) rather than
+G_prev is the same test, ``G_prev * G_now > 0``, in a quarter of the memory.
+
+The rule is implemented once, in :class:`ActiveLR`, and put in front of a base
+optimizer: torch's SGD, AdamW and RAdam steps run unchanged (their own math,
+kernels and state), and the rule rescales what they did; AdaBelief is ours
+(:mod:`autodrop.adabelief`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import SGD, AdamW, RAdam
+from torch.optim.optimizer import ParamsT
+
+from .adabelief import AdaBelief
+from .scheduler import _check_int, _check_real
+
+__all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
+
+#: The (lr_high, lr_low) pairs of the authors' published files. ``"logs"`` is the
+#: default: every experiment log the authors published used it. Use one with
+#: ``ActiveAdamW(params, **ACTIVE_PRESETS["final"])``.
+ACTIVE_PRESETS: dict[str, dict[str, float]] = {
+    "logs": {"lr_high": 2.0, "lr_low": 0.5},  # the "Active" optimizer files
+    "final": {"lr_high": 0.2, "lr_low": 0.5},  # the final published AdamW, RAdam, AdaBelief
+    "final_sgd": {"lr_high": 0.1, "lr_low": 0.9},  # the final published SGD
+    "first_adamw": {"lr_high": 0.05, "lr_low": 0.95},  # the earliest AdamW file
+}
+
+_ARGS_DOC = """
+    ActiveLR arguments (keyword-only; each is also a param-group key, so groups may differ):
+        steps_per_epoch: ``step()`` calls per epoch, an int ``>= 1``; the epoch then
+            ends by itself after that many steps. ``None`` (default): epochs end only
+            when you call :meth:`end_epoch`. When both are used, whichever comes first
+            ends the epoch and restarts the count; an epoch with no step since it
+            began is never ended, so calling ``end_epoch()`` right after the count
+            ended an epoch does nothing. Every ``step()`` counts once in every group.
+        lr_high: added to g where the epoch-summed gradient kept its sign, ``>= 0``
+            (default 2.0).
+        lr_low: factor on g where it flipped, in ``(0, 1]`` (default 0.5).
+            Other pairs of the authors' files: :data:`ACTIVE_PRESETS`.
+        max_multiplier: upper bound on g, ``>= 1``, or ``None`` (default): unbounded,
+            as the authors (g is 1 + 2k after k agreeing epochs).
+        min_multiplier: lower bound on g, in ``(0, 1]``, or ``None`` (default).
+"""
+
+_DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay by ``lr * g`` like the
+            rest of the step (True, default, as the authors' Active AdamW/RAdam), or
+            by ``lr`` alone (False, as their final AdamW). Coupled (L2) decay is part
+            of the gradient and always scaled, so False needs decoupled decay.
+"""
+
+
+def _check_active_args(suffix: str, values: dict[str, Any]) -> None:
+    def name(key: str) -> str:
+        return key + suffix
+
+    steps = values["steps_per_epoch"]
+    if steps is not None:
+        _check_int(name("steps_per_epoch"), steps, 1)
+    _check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0)
+    _check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1)
+    if values["max_multiplier"] is not None:
+        _check_real(name("max_multiplier"), values["max_multiplier"], ">= 1 or None", lambda v: v >= 1)
+    if values["min_multiplier"] is not None:
+        _check_real(name("min_multiplier"), values["min_multiplier"], "in (0, 1] or None", lambda v: 0 < v <= 1)
+    if "scale_weight_decay" in values and not isinstance(values["scale_weight_decay"], bool):
+        raise TypeError(f"{name('scale_weight_decay')} must be a bool, got {values['scale_weight_decay']!r}")
+
+
+class ActiveLR:
+    r"""The ActiveLR sign rule, placed in front of a ``torch.optim.Optimizer`` subclass.
+
+    ``class ActiveX(ActiveLR, X)`` is optimizer ``X`` whose every update is scaled,
+    per element, by a multiplier :math:`g` that the rule adapts once per epoch
+    (module docstring). It owns the per-element state ``multiplier`` (g),
+    ``grad_sum`` (G_now) and ``grad_sign`` (sign of the last non-zero epoch sum,
+    int8) in ``optimizer.state[p]``, and the epoch position in each param group
+    (``epoch_steps``: steps since the epoch began, ``epoch``: epochs ended), so
+    ``state_dict()`` / ``load_state_dict()`` resume it exactly. The group LR stays
+    the user's (and a scheduler's, e.g. :class:`autodrop.AutoDrop`): the step
+    taken is ``lr * g`` times the base's direction.
+
+    Per step the rule costs one copy of the stepped parameters, one ``foreach``
+    add (the sums) and one ``foreach`` lerp; its memory is two parameter-sized
+    buffers plus one byte per element, and the copy while ``step()`` runs; the
+    epoch end is a few tensor ops per parameter. Sparse gradients and complex parameters
+    are rejected. With ``fused=True`` torch's GradScaler unscales the gradients
+    itself before ``step()`` (the sums must see true gradients).
+    """
+
+    PRESETS = ACTIVE_PRESETS
+
+    def __init__(
+        self,
+        *args: Any,
+        steps_per_epoch: int | None,
+        lr_high: float,
+        lr_low: float,
+        max_multiplier: float | None,
+        min_multiplier: float | None,
+        scale_weight_decay: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        active = {
+            "steps_per_epoch": steps_per_epoch,
+            "lr_high": lr_high,
+            "lr_low": lr_low,
+            "max_multiplier": max_multiplier,
+            "min_multiplier": min_multiplier,
+        }
+        if scale_weight_decay is not None:  # None: the base has no decoupled decay (SGD)
+            active["scale_weight_decay"] = scale_weight_decay
+        _check_active_args("", active)
+        self._active_defaults = active
+        super().__init__(*args, **kwargs)
+        self.defaults.update(active)
+        self._step_supports_amp_scaling = False
+
+    def _decoupled_decay(self, group: dict[str, Any]) -> bool:
+        """Whether the base applies ``weight_decay`` to the weights (True) or the gradient."""
+        return bool(group["decoupled_weight_decay"])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; the ActiveLR keys not given take the constructor's values."""
+        index = len(self.param_groups)
+        for key, value in self._active_defaults.items():
+            param_group.setdefault(key, value)
+        param_group.setdefault("epoch_steps", 0)
+        param_group.setdefault("epoch", 0)
+        _check_active_args(f" of param group {index}", param_group)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if not group.get("scale_weight_decay", True) and not self._decoupled_decay(group):
+            self.param_groups.pop()
+            raise ValueError(
+                f"scale_weight_decay=False (param group {index}) needs decoupled weight decay: "
+                "coupled (L2) decay is part of the gradient and always scaled by the multiplier"
+            )
+
+    def _params_with_grad(self, index: int, group: dict[str, Any]) -> list[Tensor]:
+        params = []
+        for position, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            where = f"parameter {position} of param group {index}"
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients ({where} has one): "
+                    "the sign rule needs dense per-element sums; use a dense embedding"
+                )
+            if torch.is_complex(p):
+                raise RuntimeError(f"{type(self).__name__} does not support complex parameters ({where})")
+            params.append(p)
+        return params
+
+    def _active_state(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        sums, multipliers = [], []
+        for p in params:
+            state = self.state[p]
+            if "multiplier" not in state:
+                state["multiplier"] = torch.ones_like(p, memory_format=torch.preserve_format)
+                state["grad_sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["grad_sign"] = torch.zeros_like(p, dtype=torch.int8, memory_format=torch.preserve_format)
+            sums.append(state["grad_sum"])
+            multipliers.append(state["multiplier"])
+        return sums, multipliers
+
+    @contextlib.contextmanager
+    def _unscaled_decay_applied(self, stepped: list[list[Tensor]]) -> Iterator[None]:
+        """Apply the decoupled decay of ``scale_weight_decay=False`` groups, hidden from the base.
+
+        The decay is applied before the snapshot the rule scales from, so it is
+        scaled by ``lr`` alone; the same operation as torch's (``p *= 1 - lr * wd``).
+        """
+        hidden = []
+        for group, params in zip(self.param_groups, stepped, strict=True):
+            if not group.get("scale_weight_decay", True) and group["weight_decay"] != 0:
+                if params:
+                    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+                hidden.append((group, group["weight_decay"]))
+                group["weight_decay"] = 0.0
+        try:
+            yield
+        finally:
+            for group, weight_decay in hidden:
+                group["weight_decay"] = weight_decay
+
+    def _base_step(self) -> None:
+        base_step = super().step.__func__  # type: ignore[misc]
+        # torch wraps a class's step in its hook runner once an instance exists; the
+        # hooks already ran around this step(), so they must not run again here.
+        if getattr(base_step, "hooked", False):
+            base_step = base_step.__wrapped__
+        base_step(self)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One optimization step of the base, scaled per element by g; may end the epoch.
+
+        ``closure`` re-evaluates the model and returns the loss, as for any torch
+        optimizer; it is called once, before the step.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        stepped = [self._params_with_grad(index, group) for index, group in enumerate(self.param_groups)]
+        with self._unscaled_decay_applied(stepped):
+            starts = [[p.detach().clone() for p in params] for params in stepped]
+            self._base_step()
+        for group, params, start in zip(self.param_groups, stepped, starts, strict=True):
+            if params:
+                sums, multipliers = self._active_state(params)
+                torch._foreach_add_(sums, [p.grad for p in params])
+                # start + g (end - start); exactly the base's result where g == 1
+                torch._foreach_lerp_(start, params, multipliers)
+                torch._foreach_copy_(params, start)
+            group["epoch_steps"] += 1
+            if group["steps_per_epoch"] is not None and group["epoch_steps"] >= group["steps_per_epoch"]:
+                self._end_group_epoch(group)
+        return loss
+
+    def end_epoch(self) -> bool:
+        """End the current epoch of every param group that has stepped since its epoch began.
+
+        Returns whether any group ended one. See ``steps_per_epoch`` for how this
+        combines with the automatic end.
+        """
+        ended = [self._end_group_epoch(group) for group in self.param_groups]
+        return any(ended)
+
+    @torch.no_grad()
+    def _end_group_epoch(self, group: dict[str, Any]) -> bool:
+        if group["epoch_steps"] == 0:
+            return False
+        lr_high, lr_low = group["lr_high"], group["lr_low"]
+        low, high = group["min_multiplier"], group["max_multiplier"]
+        for p in group["params"]:
+            state = self.state.get(p)
+            if state is None or "multiplier" not in state:
+                continue
+            multiplier, total, last_sign = state["multiplier"], state["grad_sum"], state["grad_sign"]
+            sign = total.sign()
+            agreement = sign * last_sign  # +1 kept its sign, -1 flipped, 0 nothing to compare
+            updated = torch.where(agreement > 0, multiplier + lr_high, multiplier)
+            updated = torch.where(agreement < 0, multiplier * lr_low, updated)
+            if low is not None or high is not None:
+                updated.clamp_(min=low, max=high)
+            multiplier.copy_(updated)
+            last_sign.copy_(torch.where(total != 0, sign.to(torch.int8), last_sign))
+            total.zero_()
+        group["epoch_steps"] = 0
+        group["epoch"] += 1
+        return True
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state from :meth:`state_dict`, the multipliers, sums and epoch positions included."""
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        # torch casts every floating state tensor to the parameter's dtype; the signs stay int8
+        for state in self.state.values():
+            if "grad_sign" in state:
+                state["grad_sign"] = state["grad_sign"].to(torch.int8)
+
+
+class ActiveSGD(ActiveLR, SGD):
+    __doc__ = (
+        r"""SGD with (Nesterov) momentum whose step is scaled per element by ActiveLR's g.
+
+    torch's SGD step, unchanged, then ``p := p_old + g (p_sgd - p_old)``: with
+    momentum this is the authors' ``p -= lr * g * buf`` (``buf`` including the
+    coupled weight decay). See :class:`ActiveLR` for the rule and the state.
+
+    Args:
+        params, lr (default 1e-3), momentum, dampening, weight_decay, nesterov,
+        maximize, foreach, fused: as :class:`torch.optim.SGD`.
+"""
+        + _ARGS_DOC
+        + """
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = ActiveSGD(model.parameters(), lr=0.1, momentum=0.9, steps_per_epoch=10)
+        >>> for _ in range(20):
+        ...     optimizer.zero_grad()
+        ...     model(torch.randn(8, 4)).square().mean().backward()
+        ...     optimizer.step()
+        >>> optimizer.param_groups[0]["epoch"]
+        2
+    """
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        steps_per_epoch: int | None = None,
+        lr_high: float = 2.0,
+        lr_low: float = 0.5,
+        max_multiplier: float | None = None,
+        min_multiplier: float | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            steps_per_epoch=steps_per_epoch,
+            lr_high=lr_high,
+            lr_low=lr_low,
+            max_multiplier=max_multiplier,
+            min_multiplier=min_multiplier,
+        )
+
+    def _decoupled_decay(self, group: dict[str, Any]) -> bool:
+        return False
+
+
+class ActiveAdamW(ActiveLR, AdamW):
+    __doc__ = (
+        r"""AdamW whose step, decoupled weight decay included, is scaled per element by ActiveLR's g.
+
+    torch's AdamW step, unchanged, then ``p := p_old + g (p_adamw - p_old)``, i.e.
+    ``p -= lr * g * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``. See
+    :class:`ActiveLR` for the rule and the state.
+
+    Args:
+        params, lr (default 1e-3), betas, eps, weight_decay (default 1e-2), amsgrad,
+        maximize, foreach, fused: as :class:`torch.optim.AdamW`.
+"""
+        + _DECAY_DOC
+        + _ARGS_DOC
+        + """
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = ActiveAdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        >>> for epoch in range(2):
+        ...     for _ in range(5):
+        ...         optimizer.zero_grad()
+        ...         model(torch.randn(8, 4)).square().mean().backward()
+        ...         optimizer.step()
+        ...     ended = optimizer.end_epoch()
+        >>> optimizer.param_groups[0]["epoch"]
+        2
+    """
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        steps_per_epoch: int | None = None,
+        lr_high: float = 2.0,
+        lr_low: float = 0.5,
+        max_multiplier: float | None = None,
+        min_multiplier: float | None = None,
+        scale_weight_decay: bool = True,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            steps_per_epoch=steps_per_epoch,
+            lr_high=lr_high,
+            lr_low=lr_low,
+            max_multiplier=max_multiplier,
+            min_multiplier=min_multiplier,
+            scale_weight_decay=scale_weight_decay,
+        )
+
+    def _decoupled_decay(self, group: dict[str, Any]) -> bool:
+        return True
+
+
+class ActiveRAdam(ActiveLR, RAdam):
+    __doc__ = (
+        r"""RAdam whose step is scaled per element by ActiveLR's g.
+
+    torch's RAdam step, unchanged (with this step's moments, not the previous
+    step's as in the authors' file), then ``p := p_old + g (p_radam - p_old)``.
+    See :class:`ActiveLR` for the rule and the state.
+
+    Args:
+        params, lr (default 1e-3), betas, eps, weight_decay (default 0),
+        decoupled_weight_decay (default False), maximize, foreach: as
+        :class:`torch.optim.RAdam`.
+"""
+        + _DECAY_DOC
+        + _ARGS_DOC
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        steps_per_epoch: int | None = None,
+        lr_high: float = 2.0,
+        lr_low: float = 0.5,
+        max_multiplier: float | None = None,
+        min_multiplier: float | None = None,
+        scale_weight_decay: bool = True,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            decoupled_weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            steps_per_epoch=steps_per_epoch,
+            lr_high=lr_high,
+            lr_low=lr_low,
+            max_multiplier=max_multiplier,
+            min_multiplier=min_multiplier,
+            scale_weight_decay=scale_weight_decay,
+        )
+
+
+class ActiveAdaBelief(ActiveLR, AdaBelief):
+    __doc__ = (
+        r"""AdaBelief (:class:`autodrop.adabelief.AdaBelief`) whose step is scaled per element by ActiveLR's g.
+
+    See :class:`ActiveLR` for the rule and the state.
+
+    Args:
+        params, lr (default 1e-3), betas, eps (default 1e-16), weight_decay
+        (default 0), decoupled_weight_decay (default True), maximize: as
+        :class:`autodrop.adabelief.AdaBelief`.
+"""
+        + _DECAY_DOC
+        + _ARGS_DOC
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = True,
+        *,
+        maximize: bool = False,
+        steps_per_epoch: int | None = None,
+        lr_high: float = 2.0,
+        lr_low: float = 0.5,
+        max_multiplier: float | None = None,
+        min_multiplier: float | None = None,
+        scale_weight_decay: bool = True,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            decoupled_weight_decay,
+            maximize=maximize,
+            steps_per_epoch=steps_per_epoch,
+            lr_high=lr_high,
+            lr_low=lr_low,
+            max_multiplier=max_multiplier,
+            min_multiplier=min_multiplier,
+            scale_weight_decay=scale_weight_decay,
+        )

@@ -1,0 +1,438 @@
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autodrop import (
+    ACTIVE_PRESETS,
+    ActiveAdaBelief,
+    ActiveAdamW,
+    ActiveRAdam,
+    ActiveSGD,
+    AdaBelief,
+    AutoDrop,
+)
+
+STATE_KEYS = ("multiplier", "grad_sum", "grad_sign")
+
+
+def make_model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return model.to(dtype)
+
+
+def make_batches(count, seed=1, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(16, 6, generator=generator, dtype=dtype), torch.randint(0, 3, (16,), generator=generator))
+        for _ in range(count)
+    ]
+
+
+def train_step(model, optimizer, batch):
+    x, y = batch
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def same_params(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+BASES = [
+    ("sgd-nesterov", ActiveSGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("sgd-foreach", ActiveSGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, foreach=True)),
+    ("sgd-fused", ActiveSGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, fused=True)),
+    ("adamw", ActiveAdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    ("adamw-amsgrad-foreach", ActiveAdamW, torch.optim.AdamW, dict(lr=1e-2, amsgrad=True, foreach=True)),
+    ("adamw-fused", ActiveAdamW, torch.optim.AdamW, dict(lr=1e-2, fused=True)),
+    ("radam", ActiveRAdam, torch.optim.RAdam, dict(lr=1e-2, weight_decay=0.1)),
+    ("radam-decoupled", ActiveRAdam, torch.optim.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("adabelief", ActiveAdaBelief, AdaBelief, dict(lr=1e-2, weight_decay=0.1)),
+    ("adabelief-coupled", ActiveAdaBelief, AdaBelief, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=False)),
+]
+# decoupled decay applied by the rule (scaled by lr alone) instead of by the base
+UNSCALED_DECAY = [
+    ("adamw-unscaled-decay", ActiveAdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    ("radam-unscaled-decay", ActiveRAdam, torch.optim.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("adabelief-unscaled-decay", ActiveAdaBelief, AdaBelief, dict(lr=1e-2, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize(
+    "active_cls, base_cls, kwargs, extra",
+    [(*b[1:], {}) for b in BASES] + [(*b[1:], dict(scale_weight_decay=False)) for b in UNSCALED_DECAY],
+    ids=[b[0] for b in BASES + UNSCALED_DECAY],
+)
+def test_neutral_rule_is_the_base_bit_for_bit(active_cls, base_cls, kwargs, extra):
+    active_model, base_model = make_model(), make_model()
+    active = active_cls(active_model.parameters(), **kwargs, steps_per_epoch=4, lr_high=0.0, lr_low=1.0, **extra)
+    base = base_cls(base_model.parameters(), **kwargs)
+    for batch in make_batches(14):
+        train_step(active_model, active, batch)
+        train_step(base_model, base, batch)
+        assert same_params(active_model, base_model)
+    assert active.param_groups[0]["epoch"] == 3
+    multipliers = [active.state[p]["multiplier"] for p in active_model.parameters()]
+    assert all(torch.equal(g, torch.ones_like(g)) for g in multipliers)
+
+
+def sign_rule64(grad_epochs, lr, lr_high, lr_low, low=None, high=None):
+    """ActiveLR on plain SGD in float64 numpy: per epoch a list of gradients (None: no .grad)."""
+    theta = np.zeros_like(next(g for epoch in grad_epochs for g in epoch if g is not None))
+    g = np.ones_like(theta)
+    last_sign = np.zeros_like(theta)
+    multipliers, thetas = [], []
+    for epoch in grad_epochs:
+        total = np.zeros_like(theta)
+        for grad in epoch:
+            if grad is not None:
+                theta = theta - lr * g * grad
+                total += grad
+            thetas.append(theta.copy())
+        agreement = np.sign(total) * last_sign
+        g = np.where(agreement > 0, g + lr_high, np.where(agreement < 0, g * lr_low, g))
+        g = np.clip(g, low if low is not None else -np.inf, high if high is not None else np.inf)
+        last_sign = np.where(total != 0, np.sign(total), last_sign)
+        multipliers.append(g.copy())
+    return multipliers, thetas
+
+
+def hand_made_epochs(rng):
+    """Six epochs of two steps on seven elements, each element with a story."""
+    keep = [1.0] * 6  # always positive: additive increase from epoch 2 on
+    flip = [1.0, -1.0] * 3  # flips every epoch: halved from epoch 2 on
+    never = [0.0] * 6  # never a gradient: untouched
+    gap = [1.0, -1.0, 0.0, -1.0, 1.0, 1.0]  # no gradient in epoch 3: compared with epoch 2 after it
+    late = [0.0, 0.0, 2.0, 3.0, -1.0, -1.0]  # first sign in epoch 3: first comparison in epoch 4
+    epochs = []
+    for e in range(6):
+        first = rng.normal(size=7) * 0.1
+        second = rng.normal(size=7) * 0.1
+        for column, story in enumerate((keep, flip, never, gap, late)):
+            first[column] = story[e] * abs(first[column]) + story[e]
+            second[column] = story[e] * abs(second[column])
+        epochs.append([first, second])
+    epochs[4][1] = None  # a step with no .grad at all
+    return epochs
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        dict(),
+        ACTIVE_PRESETS["final_sgd"],
+        ACTIVE_PRESETS["first_adamw"],
+        dict(max_multiplier=4.0, min_multiplier=0.3),
+    ],
+    ids=["default", "final_sgd", "first_adamw", "bounded"],
+)
+def test_multiplier_update_matches_numpy(rule):
+    epochs = hand_made_epochs(np.random.default_rng(0))
+    param = torch.nn.Parameter(torch.zeros(7, dtype=torch.float64))
+    optimizer = ActiveSGD([param], lr=0.1, steps_per_epoch=2, **rule)
+    full = {"lr_high": 2.0, "lr_low": 0.5, "min_multiplier": None, "max_multiplier": None} | rule
+    want_g, want_theta = sign_rule64(
+        epochs, 0.1, full["lr_high"], full["lr_low"], full["min_multiplier"], full["max_multiplier"]
+    )
+    thetas = iter(want_theta)
+    for epoch, expected_g in zip(epochs, want_g, strict=True):
+        for grad in epoch:
+            param.grad = None if grad is None else torch.tensor(grad)
+            optimizer.step()
+            np.testing.assert_allclose(param.detach().numpy(), next(thetas), rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(optimizer.state[param]["multiplier"].numpy(), expected_g)
+    if not rule:
+        # keep: 1, 1+2k; flip: halved; never: 1; gap skips epoch 3; late first compares in epoch 4
+        np.testing.assert_array_equal(want_g[-1][:5], [11.0, 1 / 32, 1.0, 3.25, 3.5])
+        assert want_g[2][3] == 0.5 and want_g[3][3] == 2.5  # gap: epoch 3 skipped, epoch 4 vs epoch 2
+        assert want_g[2][4] == 1.0 and want_g[3][4] == 3.0
+
+
+@pytest.mark.parametrize("cls", [ActiveAdamW, ActiveAdaBelief])
+@pytest.mark.parametrize("scale_weight_decay", [True, False])
+def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, scale_weight_decay):
+    model = make_model(dtype=torch.float64)
+    lr, decay = 1e-2, 0.3
+    optimizer = cls(model.parameters(), lr=lr, weight_decay=decay, steps_per_epoch=3, scale_weight_decay=scale_weight_decay)
+    batches = make_batches(8, dtype=torch.float64)
+    for batch in batches[:7]:
+        train_step(model, optimizer, batch)
+    multipliers = [optimizer.state[p]["multiplier"].clone() for p in model.parameters()]
+    assert any(not torch.equal(g, torch.ones_like(g)) for g in multipliers)
+
+    # the plain base from the same state, stepped once without decay, gives the direction
+    base_model = make_model(dtype=torch.float64)
+    base_model.load_state_dict(model.state_dict())
+    base = (torch.optim.AdamW if cls is ActiveAdamW else AdaBelief)(base_model.parameters(), lr=lr, weight_decay=0.0)
+    base.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # state_dict() shares the tensors
+    for group in base.param_groups:
+        group["weight_decay"] = 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, optimizer, batches[7])
+    train_step(base_model, base, batches[7])
+    for p, q, old, g in zip(model.parameters(), base_model.parameters(), before, multipliers, strict=True):
+        step = q.detach() - old
+        if scale_weight_decay:
+            want = old + g * (step - lr * decay * old)
+        else:
+            want = old * (1 - lr * decay) + g * step
+        torch.testing.assert_close(p.detach(), want, rtol=1e-10, atol=1e-13)
+
+
+def test_steps_per_epoch_and_end_epoch_together():
+    model = make_model()
+    batches = iter(make_batches(20))
+    manual = ActiveSGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        train_step(model, manual, next(batches))
+    assert manual.param_groups[0]["epoch"] == 0 and manual.param_groups[0]["epoch_steps"] == 5
+    assert manual.end_epoch() is True and manual.param_groups[0]["epoch"] == 1
+    assert manual.end_epoch() is False and manual.param_groups[0]["epoch"] == 1  # no step since: nothing to end
+
+    counted = ActiveSGD(model.parameters(), lr=0.1, momentum=0.9, steps_per_epoch=3)
+    for _ in range(6):
+        train_step(model, counted, next(batches))
+    group = counted.param_groups[0]
+    assert group["epoch"] == 2 and group["epoch_steps"] == 0
+    state = {k: [counted.state[p][k].clone() for p in model.parameters()] for k in STATE_KEYS}
+    # the habit of calling end_epoch() after the loop: the count already ended this epoch
+    assert counted.end_epoch() is False and group["epoch"] == 2
+    for key, before in state.items():
+        assert all(torch.equal(counted.state[p][key], b) for p, b in zip(model.parameters(), before, strict=True))
+    # end_epoch() mid-count ends a short epoch now and restarts the count
+    for _ in range(2):
+        train_step(model, counted, next(batches))
+    assert counted.end_epoch() is True and group["epoch"] == 3 and group["epoch_steps"] == 0
+    for expected_steps in (1, 2, 0):
+        train_step(model, counted, next(batches))
+        assert group["epoch_steps"] == expected_steps
+    assert group["epoch"] == 4
+
+
+def test_param_groups_have_their_own_lr_and_epoch_length():
+    model = make_model()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    optimizer = ActiveSGD(
+        [{"params": first, "lr": 0.1}, {"params": second, "lr": 0.01, "steps_per_epoch": 3}],
+        momentum=0.9,
+        steps_per_epoch=2,
+    )
+    base_model = make_model()
+    neutral = ActiveSGD(
+        [
+            {"params": base_model[0].parameters(), "lr": 0.1},
+            {"params": base_model[2].parameters(), "lr": 0.01, "lr_high": 0.0, "lr_low": 1.0},
+        ],
+        momentum=0.9,
+        steps_per_epoch=2,
+        lr_high=0.0,
+        lr_low=1.0,
+    )
+    plain_model = make_model()
+    plain = torch.optim.SGD(
+        [{"params": plain_model[0].parameters(), "lr": 0.1}, {"params": plain_model[2].parameters(), "lr": 0.01}],
+        momentum=0.9,
+    )
+
+    def changed(params):
+        return any(not torch.equal(optimizer.state[p]["multiplier"], torch.ones_like(p)) for p in params)
+
+    for step, batch in enumerate(make_batches(6), start=1):
+        for m, o in ((model, optimizer), (base_model, neutral), (plain_model, plain)):
+            train_step(m, o, batch)
+        assert same_params(base_model, plain_model)
+        if step == 4:  # group 0 compared its epochs 1 and 2; group 1 is in its second epoch
+            assert changed(first) and not changed(second)
+    assert [g["epoch"] for g in optimizer.param_groups] == [3, 2]
+    assert changed(second)
+
+
+def test_sparse_gradients_get_a_clear_error_before_anything_moves():
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    dense = torch.nn.Linear(3, 1)
+    optimizer = ActiveSGD([{"params": dense.parameters()}, {"params": embedding.parameters()}], lr=0.1)
+    dense(embedding(torch.tensor([1, 2]))).sum().backward()
+    before = [p.detach().clone() for p in (*dense.parameters(), *embedding.parameters())]
+    with pytest.raises(RuntimeError, match=r"ActiveSGD does not support sparse gradients \(parameter 0 of param group 1"):
+        optimizer.step()
+    after = [*dense.parameters(), *embedding.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.parametrize("cls", [ActiveSGD, ActiveAdamW])
+def test_closure_is_evaluated_once_and_its_loss_returned(cls):
+    closure_model, plain_model = make_model(), make_model()
+    with_closure = cls(closure_model.parameters(), lr=0.05, steps_per_epoch=2)
+    plain = cls(plain_model.parameters(), lr=0.05, steps_per_epoch=2)
+    calls = 0
+    for x, y in make_batches(8):
+
+        def closure():
+            nonlocal calls
+            calls += 1
+            with_closure.zero_grad()
+            loss = F.cross_entropy(closure_model(x), y)
+            loss.backward()
+            return loss
+
+        with torch.no_grad():
+            expected = F.cross_entropy(plain_model(x), y)
+        loss = with_closure.step(closure)
+        train_step(plain_model, plain, (x, y))
+        assert torch.equal(loss.detach(), expected)
+    assert calls == 8
+    assert same_params(closure_model, plain_model)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (ActiveSGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+        (ActiveAdamW, dict(lr=1e-2)),
+        (ActiveRAdam, dict(lr=1e-2)),
+        (ActiveAdaBelief, dict(lr=1e-2)),
+    ],
+    ids=["sgd", "adamw", "radam", "adabelief"],
+)
+def test_resumed_run_continues_bit_identically(cls, kwargs):
+    batches = make_batches(15)
+    model = make_model()
+    optimizer = cls(model.parameters(), **kwargs, steps_per_epoch=4)
+    for batch in batches:
+        train_step(model, optimizer, batch)
+
+    first = make_model()
+    interrupted = cls(first.parameters(), **kwargs, steps_per_epoch=4)
+    for batch in batches[:6]:  # stop mid-epoch, after multipliers moved
+        train_step(first, interrupted, batch)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": interrupted.state_dict()}, buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+
+    resumed_model = make_model(seed=123)
+    resumed = cls(resumed_model.parameters(), **kwargs, steps_per_epoch=4)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed.load_state_dict(checkpoint["optimizer"])
+    assert resumed.param_groups[0]["epoch"] == 1 and resumed.param_groups[0]["epoch_steps"] == 2
+    for batch in batches[6:]:
+        train_step(resumed_model, resumed, batch)
+
+    assert same_params(model, resumed_model)
+    for p, q in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert optimizer.state[p].keys() == resumed.state[q].keys()
+        for key, value in optimizer.state[p].items():
+            other = resumed.state[q][key]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
+        assert resumed.state[q]["grad_sign"].dtype == torch.int8
+    assert any(not torch.equal(optimizer.state[p]["multiplier"], torch.ones_like(p)) for p in model.parameters())
+
+
+def test_autodrop_drops_the_group_lr_and_keeps_the_multipliers():
+    model = make_model()
+    optimizer = ActiveSGD(model.parameters(), lr=0.1, momentum=0.9, steps_per_epoch=4)
+    # a threshold no omega change can stay under: the drop comes at the first measured change
+    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=0.0, threshold=180.0, max_threshold=180.0, delay=0)
+    batches = iter(make_batches(40))
+    for epoch in range(6):
+        for _ in range(4):
+            train_step(model, optimizer, next(batches))
+        multipliers = [optimizer.state[p]["multiplier"].clone() for p in model.parameters()]
+        drops = scheduler.num_drops
+        scheduler.step()
+        after = [optimizer.state[p]["multiplier"] for p in model.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(after, multipliers, strict=True))
+        if scheduler.num_drops > drops:
+            dropped_at = epoch
+            break
+    assert optimizer.param_groups[0]["lr"] == 0.05
+    assert any(not torch.equal(g, torch.ones_like(g)) for g in multipliers)
+    for _ in range(8):  # training goes on at the dropped LR, and the rule keeps adapting g
+        train_step(model, optimizer, next(batches))
+    assert optimizer.param_groups[0]["epoch"] == dropped_at + 3
+    assert optimizer.param_groups[0]["lr"] == 0.05
+    now = [optimizer.state[p]["multiplier"] for p in model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(now, multipliers, strict=True))
+
+
+def test_step_hooks_run_once_per_step():
+    torch.optim.SGD(make_model().parameters(), lr=0.1).step()  # torch now hooks SGD.step itself
+    model = make_model()
+    optimizer = ActiveSGD(model.parameters(), lr=0.1)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *args: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *args: calls.append("post"))
+    for batch in make_batches(3):
+        train_step(model, optimizer, batch)
+    assert calls == ["pre", "post"] * 3
+
+
+def test_presets_and_defaults():
+    assert ACTIVE_PRESETS["logs"] == {"lr_high": 2.0, "lr_low": 0.5}
+    assert ActiveAdamW.PRESETS is ACTIVE_PRESETS
+    optimizer = ActiveAdamW(make_model().parameters(), **ACTIVE_PRESETS["final"])
+    group = optimizer.param_groups[0]
+    assert (group["lr_high"], group["lr_low"], group["weight_decay"]) == (0.2, 0.5, 1e-2)
+    assert group["max_multiplier"] is None and group["min_multiplier"] is None
+    assert group["scale_weight_decay"] is True and group["steps_per_epoch"] is None
+    sgd = ActiveSGD(make_model().parameters())
+    assert (sgd.param_groups[0]["lr"], sgd.param_groups[0]["lr_high"]) == (1e-3, 2.0)
+    assert "scale_weight_decay" not in sgd.param_groups[0]
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda p: ActiveSGD(p, steps_per_epoch=0), ValueError, r"steps_per_epoch must be an int >= 1, got 0"),
+        (lambda p: ActiveSGD(p, steps_per_epoch=2.5), TypeError, r"steps_per_epoch must be an int"),
+        (lambda p: ActiveSGD(p, lr_high=-1.0), ValueError, r"lr_high must be >= 0, got -1.0"),
+        (lambda p: ActiveSGD(p, lr_low=0.0), ValueError, r"lr_low must be in \(0, 1\], got 0.0"),
+        (lambda p: ActiveAdamW(p, lr_low=1.5), ValueError, r"lr_low must be in \(0, 1\], got 1.5"),
+        (lambda p: ActiveRAdam(p, max_multiplier=0.5), ValueError, r"max_multiplier must be >= 1 or None"),
+        (lambda p: ActiveAdaBelief(p, min_multiplier=2.0), ValueError, r"min_multiplier must be in \(0, 1\]"),
+        (lambda p: ActiveAdamW(p, scale_weight_decay=1), TypeError, r"scale_weight_decay must be a bool"),
+        (lambda p: ActiveRAdam(p, weight_decay=0.1, scale_weight_decay=False), ValueError, r"needs decoupled"),
+        (
+            lambda p: ActiveSGD([{"params": p[:2]}, {"params": p[2:], "lr_low": 2.0}], lr=0.1),
+            ValueError,
+            r"lr_low of param group 1 must be in \(0, 1\], got 2.0",
+        ),
+    ],
+)
+def test_bad_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make(list(make_model().parameters()))
+
+
+def test_complex_parameters_are_rejected():
+    z = torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))
+    z.grad = torch.ones_like(z)
+    with pytest.raises(RuntimeError, match=r"ActiveAdamW does not support complex parameters"):
+        ActiveAdamW([z]).step()
+
+
+def test_grad_scaler_with_fused_adamw_sums_true_gradients_and_skips_inf_steps():
+    scaled_model, plain_model = make_model(), make_model()
+    scaled = ActiveAdamW(scaled_model.parameters(), lr=1e-2, fused=True, steps_per_epoch=2)
+    plain = ActiveAdamW(plain_model.parameters(), lr=1e-2, fused=True, steps_per_epoch=2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000)
+    for index, (x, y) in enumerate(make_batches(9)):
+        scaled.zero_grad()
+        scaler.scale(F.cross_entropy(scaled_model(x), y)).backward()
+        if index == 4:  # an overflow: the scaler must skip this step, sums included
+            next(scaled_model.parameters()).grad[0, 0] = float("inf")
+        scaler.step(scaled)
+        scaler.update()
+        if index != 4:
+            train_step(plain_model, plain, (x, y))
+    assert same_params(scaled_model, plain_model)
+    for p, q in zip(scaled_model.parameters(), plain_model.parameters(), strict=True):
+        for key in STATE_KEYS:
+            assert torch.equal(scaled.state[p][key], plain.state[q][key]), key
+    assert scaled.param_groups[0]["epoch"] == plain.param_groups[0]["epoch"] == 4
