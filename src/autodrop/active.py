@@ -36,7 +36,7 @@ from torch.optim import SGD, AdamW, RAdam
 from torch.optim.optimizer import ParamsT
 
 from .adabelief import AdaBelief
-from .scheduler import _check_int, _check_real
+from .checks import check_int, check_real
 
 __all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
 
@@ -80,13 +80,13 @@ def _check_active_args(suffix: str, values: dict[str, Any]) -> None:
 
     steps = values["steps_per_epoch"]
     if steps is not None:
-        _check_int(name("steps_per_epoch"), steps, 1)
-    _check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0)
-    _check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1)
+        check_int(name("steps_per_epoch"), steps, 1)
+    check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0)
+    check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1)
     if values["max_multiplier"] is not None:
-        _check_real(name("max_multiplier"), values["max_multiplier"], ">= 1 or None", lambda v: v >= 1)
+        check_real(name("max_multiplier"), values["max_multiplier"], ">= 1 or None", lambda v: v >= 1)
     if values["min_multiplier"] is not None:
-        _check_real(name("min_multiplier"), values["min_multiplier"], "in (0, 1] or None", lambda v: 0 < v <= 1)
+        check_real(name("min_multiplier"), values["min_multiplier"], "in (0, 1] or None", lambda v: 0 < v <= 1)
     if "scale_weight_decay" in values and not isinstance(values["scale_weight_decay"], bool):
         raise TypeError(f"{name('scale_weight_decay')} must be a bool, got {values['scale_weight_decay']!r}")
 
