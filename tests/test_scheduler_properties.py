@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from autodrop import AutoDrop
 
-from states import states_equal
+from states import MUTATIONS, mutated, paths, states_equal
 from trajectories import PlanarWalk
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -121,57 +121,10 @@ def saved_state():
 GOOD = saved_state()
 
 
-def paths(state, prefix=()):
-    """Every position in the nested state: dict keys and list indices."""
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list) else ()
-    for key, value in items:
-        yield (*prefix, key)
-        yield from paths(value, (*prefix, key))
-
-
 ALL_PATHS = list(paths(GOOD))
 TOP_LEVEL = [(key,) for key in GOOD]
 # Top-level keys are drawn as often as all the nested positions together.
 mutation_paths = st.one_of(st.sampled_from(TOP_LEVEL), st.sampled_from(ALL_PATHS))
-MUTATIONS = ["drop", "none", "str", "nan", "inf", "negative", "huge", "scale", "flip", "tensor_shape", "tensor_nan",
-             "tensor_dtype", "tensor_value", "list_extra"]
-
-
-def mutate(state, path, kind):
-    container = state
-    for key in path[:-1]:
-        container = container[key]
-    key, value = path[-1], container[path[-1]]
-    if kind == "drop":
-        del container[key]
-    elif kind == "list_extra" and isinstance(value, list):
-        value.append(copy.deepcopy(value[-1]) if value else 1.0)
-    elif kind.startswith("tensor") and isinstance(value, torch.Tensor):
-        if kind == "tensor_shape":
-            container[key] = torch.zeros(value.numel() + 1, dtype=value.dtype)
-        elif kind == "tensor_nan":
-            value.view(-1)[0] = float("nan")
-        elif kind == "tensor_dtype":
-            container[key] = value.half()
-        else:
-            value.view(-1)[-1] += 0.5
-    elif kind == "flip" and isinstance(value, bool):
-        container[key] = not value
-    elif kind == "scale" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        container[key] = value * 1.5 if isinstance(value, float) else value + 1
-    else:
-        container[key] = {"none": None, "str": "x", "nan": float("nan"), "inf": float("inf"), "negative": -1,
-                          "huge": 10**9}.get(kind, torch.zeros(3))
-
-
-def mutated(state, mutations):
-    state = copy.deepcopy(state)
-    for path, kind in mutations:
-        try:
-            mutate(state, path, kind)
-        except (KeyError, IndexError, TypeError):
-            pass  # an earlier mutation removed or replaced this position
-    return state
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
