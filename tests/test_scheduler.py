@@ -462,3 +462,19 @@ def test_ten_thousand_intervals_keep_memory_flat_with_a_history_cap():
     (objects_before, state_before), (objects_after, state_after) = marks[1_000], marks[10_000]
     assert objects_after - objects_before < 50  # no Python object (tensor, record, list) accumulates
     assert abs(state_after - state_before) < 1_000  # the retained state does not grow
+
+
+def test_a_nonfinite_newcomer_waits_until_it_is_finite():
+    a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.full((3,), float("nan"), dtype=torch.float64))
+    optimizer = torch.optim.SGD([a], lr=0.1)
+    scheduler = AutoDrop(optimizer, delay=3)
+    walk = PlanarWalk(a)
+    drive(walk, scheduler, [None, 30.0])
+    optimizer.add_param_group({"params": [b]})
+    drive(walk, scheduler, [30.0])
+    assert scheduler.velocity.trajectory.numel == 2
+    with torch.no_grad():
+        b.fill_(1.0)
+    drive(walk, scheduler, [30.0])
+    assert scheduler.velocity.trajectory.numel == 5 and scheduler.base_lrs == [0.1, 0.1]
