@@ -50,7 +50,11 @@ def mutate(state, path, kind):
     """Mutate ``state`` in place at ``path`` (keys and indices) by one of MUTATIONS."""
     container = state
     for key in path[:-1]:
+        if not isinstance(container, (dict, list)):
+            raise TypeError("an earlier mutation replaced this position")
         container = container[key]
+    if not isinstance(container, (dict, list)):
+        raise TypeError("an earlier mutation replaced this position")
     key, value = path[-1], container[path[-1]]
     if kind == "drop":
         del container[key]
@@ -83,3 +87,22 @@ def mutated(state, mutations):
         except (KeyError, IndexError, TypeError):
             pass  # an earlier mutation removed or replaced this position
     return state
+
+
+def load_exactly_or_fail_cleanly(target: Any, state: Any) -> bool:
+    """Load ``state`` into ``target`` (anything with ``state_dict``/``load_state_dict``).
+
+    Either the load raises ValueError/TypeError/KeyError with a message and
+    ``target`` is exactly as before, or ``target`` then holds exactly ``state``.
+    Returns whether it loaded.
+    """
+    before = copy.deepcopy(target.state_dict())
+    try:
+        target.load_state_dict(state)
+    except (ValueError, TypeError, KeyError) as error:
+        assert str(error)
+        assert states_equal(target.state_dict(), before), f"a failed load changed {type(target).__name__} ({error})"
+        return False
+    assert states_equal(target.state_dict(), state), "the load did not apply the state exactly"
+    return True
+

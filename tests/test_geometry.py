@@ -82,13 +82,8 @@ def buffer_bits(trajectory):
     return bits([b.snapshot for b in trajectory.buckets] + [b.step for b in trajectory.buckets])
 
 
-def assert_same_bits(a, b):
-    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.float32, torch.bfloat16, torch.float64)])
-def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(bad, dtypes):
+def two_steps(dtypes):
+    """Parameters, their trajectory after two random steps, and the three snapshots in float64."""
     params = make_params(dtypes)
     trajectory = ParameterTrajectory(params)
     snapshots = [flat64(params)]
@@ -96,6 +91,17 @@ def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(ba
         perturb(params, 0.1, seed)
         snapshots.append(flat64(params))
         trajectory.advance()
+    return params, trajectory, snapshots
+
+
+def assert_same_bits(a, b):
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.float32, torch.bfloat16, torch.float64)])
+def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(bad, dtypes):
+    params, trajectory, snapshots = two_steps(dtypes)
     before, previous_norm_sq = buffer_bits(trajectory), trajectory.previous_norm_sq
 
     good = [p.clone() for p in params]
@@ -121,13 +127,7 @@ def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(ba
 
 
 def test_zero_step_is_not_taken_and_the_last_nonzero_step_stays_the_previous_one():
-    params = make_params()
-    trajectory = ParameterTrajectory(params)
-    snapshots = [flat64(params)]
-    for seed in range(2):
-        perturb(params, 0.1, seed)
-        snapshots.append(flat64(params))
-        trajectory.advance()
+    params, trajectory, snapshots = two_steps((torch.float32,))
     before = buffer_bits(trajectory)
     stats = trajectory.advance()  # nothing moved
     assert stats.fault == "zero_step" and stats.norm_sq == 0.0

@@ -1,5 +1,4 @@
 import gc
-import math
 import pickle
 import warnings
 
