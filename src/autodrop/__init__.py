@@ -3,7 +3,8 @@
 ``AutoDrop`` drops the learning rate when the angular velocity of the parameter
 trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
 ``AngularVelocity`` measures that angle alone, under any schedule;
-``NoisyQuadratic`` is the paper's noisy quadratic model with Theorem 1.
+``NoisyQuadratic`` is the paper's noisy quadratic model with Theorem 1;
+``ShardedState`` checkpoints AutoDrop's sharded state with torch.distributed.checkpoint.
 ``ActiveSGD``, ``ActiveAdamW``, ``ActiveRAdam`` and ``ActiveAdaBelief`` adapt a
 per-element LR multiplier from the sign of the epoch-summed gradient (ActiveLR,
 Wadi, Fredette, Senecal, arXiv 2301.10133); ``AdaBelief`` is their AdaBelief base.
@@ -11,6 +12,7 @@ Wadi, Fredette, Senecal, arXiv 2301.10133); ``AdaBelief`` is their AdaBelief bas
 
 from .active import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD
 from .adabelief import AdaBelief
+from .checkpoint import ShardedState
 from .nqm import NoisyQuadratic
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
@@ -25,5 +27,6 @@ __all__ = [
     "AngularVelocity",
     "AutoDrop",
     "NoisyQuadratic",
+    "ShardedState",
 ]
 __version__ = "0.1.0"

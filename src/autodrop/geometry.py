@@ -20,8 +20,8 @@ the sign.
 
 Faults: the reductions are taken *before* anything is written, chunk by chunk
 (``CPU_REDUCTION_CHUNK`` or ``REDUCTION_CHUNK`` elements at a time, into a few
-chunk-sized work tensors per bucket, so no third parameter-sized buffer exists), and the buffers are only updated once the host
-has seen that the step is finite and nonzero. A step with a NaN/Inf, or a zero
+chunk-sized work tensors per bucket, so no third parameter-sized buffer
+exists), and the buffers are only updated once the host has seen that the step is finite and nonzero. A step with a NaN/Inf, or a zero
 step (nothing moved: all frozen, or lr 0), leaves the snapshot ``x_{i-1}`` and
 the previous step ``d_{i-1}`` exactly as they were; the next interval is then
 measured from them, so after a zero step the previous *nonzero* step stays
@@ -33,6 +33,11 @@ what is later stored) and its products are summed in float64, so the cosine is
 accurate to ~1e-15 and omega near 0 or 180 degrees, where ``arccos`` amplifies
 errors in the cosine, matches a float64 reference; fp32 products and sums would
 leave ~1e-7 in the cosine, i.e. ~0.03 degree there.
+
+Under torch.distributed the buckets hold each rank's local tensors (the
+``to_local()`` shard of a DTensor) and the per-bucket partial sums of the counted
+tensors are added over the process group in one ``all_reduce``; see
+:mod:`autodrop.distributed` for which rank counts which tensor.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_device, check_keys, check_optional_real, check_tensors_like
+from .distributed import ReplicaCounting, local_tensor
 
 __all__ = ["CPU_REDUCTION_CHUNK", "REDUCTION_CHUNK", "ParameterTrajectory", "StepStatistics"]
 
@@ -75,12 +81,14 @@ class StepStatistics:
 
 
 class _Bucket:
-    """Parameters of one (device, dtype) and their two flat buffers."""
+    """Parameters of one (device, dtype, counted) and their two flat buffers (local shards)."""
 
-    def __init__(self, params: list[Tensor], device: torch.device) -> None:
+    def __init__(self, params: list[Tensor], device: torch.device, counted: bool) -> None:
         self.params = params
+        self.counted = counted
+        self.shapes = [local_tensor(p).shape for p in params]
         dtype = torch.promote_types(params[0].dtype, torch.float32)
-        numel = sum(p.numel() for p in params)
+        numel = sum(shape.numel() for shape in self.shapes)
         self.snapshot = torch.empty(numel, dtype=dtype, device=device)
         self.step = torch.zeros(numel, dtype=dtype, device=device)
         self.snapshot_views = self.views(self.snapshot)
@@ -93,10 +101,10 @@ class _Bucket:
         """Flat ranges ``[start, stop)`` of at most ``size`` elements, each with the
         ``(param index, first, last)`` element ranges of the parameters it covers."""
         plan, covered, start, offset = [], [], 0, 0
-        for index, p in enumerate(self.params):
+        for index, shape in enumerate(self.shapes):
             first = 0
-            while first < p.numel():
-                take = min(p.numel() - first, start + size - offset)
+            while first < shape.numel():
+                take = min(shape.numel() - first, start + size - offset)
                 covered.append((index, first, first + take))
                 first, offset = first + take, offset + take
                 if offset - start == size:
@@ -153,20 +161,24 @@ class _Bucket:
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of ``flat`` shaped like the parameters, in order."""
         views, offset = [], 0
-        for p in self.params:
-            views.append(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        for shape in self.shapes:
+            views.append(flat[offset : offset + shape.numel()].view(shape))
+            offset += shape.numel()
         return views
 
     @property
     def offloaded(self) -> bool:
         return self.snapshot.device != self.params[0].device
 
+    def local_params(self) -> list[Tensor]:
+        """This rank's part of each parameter (the parameter itself when not sharded)."""
+        return [local_tensor(p) for p in self.params]
+
     def current_params(self) -> list[Tensor]:
-        """The parameters as tensors on the buffers' device (copies when offloaded)."""
+        """The local parameters as tensors on the buffers' device (copies when offloaded)."""
         if self.offloaded:
-            return [p.detach().to(self.snapshot.device) for p in self.params]
-        return [p.detach() for p in self.params]
+            return [p.to(self.snapshot.device) for p in self.local_params()]
+        return self.local_params()
 
     def swap(self) -> None:
         self.snapshot, self.step = self.step, self.snapshot
@@ -182,13 +194,15 @@ def _check_params(params: Iterable[Tensor]) -> list[Tensor]:
     return params
 
 
-def _bucketize(params: Sequence[Tensor], snapshot_device: torch.device | None) -> list[_Bucket]:
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in params:
-        groups.setdefault((p.device, p.dtype), []).append(p)
+def _bucketize(
+    params: Sequence[Tensor], counted: Sequence[bool], snapshot_device: torch.device | None
+) -> list[_Bucket]:
+    groups: dict[tuple[torch.device, torch.dtype, bool], list[Tensor]] = {}
+    for p, is_counted in zip(params, counted, strict=True):
+        groups.setdefault((p.device, p.dtype, is_counted), []).append(p)
     return [
-        _Bucket(members, snapshot_device if snapshot_device is not None else device)
-        for (device, _), members in groups.items()
+        _Bucket(members, snapshot_device if snapshot_device is not None else device, is_counted)
+        for (device, _, is_counted), members in groups.items()
     ]
 
 
@@ -197,21 +211,30 @@ class ParameterTrajectory:
 
     Memory held: two copies of the parameters (in at least fp32), on
     ``snapshot_device`` when given (e.g. ``"cpu"`` to keep them off the
-    accelerator), else beside each parameter.
+    accelerator), else beside each parameter. Of sharded (DTensor) parameters
+    only this rank's shards are held.
 
     Args:
         params: the tensors whose trajectory is measured; every parameter the
             optimizer updates. Frozen parameters are allowed: their step is zero
             and contributes nothing to the reductions.
         snapshot_device: where the buffers live; ``None`` = each parameter's device.
+        process_group: the torch.distributed group the sums are reduced over;
+            ``None`` = the default group when torch.distributed is initialized
+            (see :class:`autodrop.distributed.ReplicaCounting`).
     """
 
     def __init__(
-        self, params: Iterable[Tensor], snapshot_device: torch.device | str | None = None
+        self,
+        params: Iterable[Tensor],
+        snapshot_device: torch.device | str | None = None,
+        process_group: Any = None,
     ) -> None:
         self.params = _check_params(params)
         self.snapshot_device = check_device("snapshot_device", snapshot_device)
-        self.buckets = _bucketize(self.params, self.snapshot_device)
+        self.process_group = process_group
+        self.counting = ReplicaCounting(self.params, process_group)
+        self.buckets = _bucketize(self.params, self.counting.counted, self.snapshot_device)
         self.previous_norm_sq: float | None = None
         self.rebase()
         if not all(torch.isfinite(s).all() for s in self.snapshots()):
@@ -229,7 +252,8 @@ class ParameterTrajectory:
         params = _check_params(params)
         snapshots = self.views_by_param(self.snapshots())
         steps = self.views_by_param([b.step for b in self.buckets])
-        self.params, self.buckets = params, _bucketize(params, self.snapshot_device)
+        self.counting = ReplicaCounting(params, self.process_group)
+        self.params, self.buckets = params, _bucketize(params, self.counting.counted, self.snapshot_device)
         for b in self.buckets:
             for p, now, snapshot, step in zip(b.params, b.current_params(), b.snapshot_views, b.step_views):
                 if id(p) in snapshots:
@@ -297,9 +321,11 @@ class ParameterTrajectory:
         return stats
 
     def _reduce(self, partials: list[Tensor]) -> Tensor:
-        """Sum per-bucket partial reductions in float64 on one device."""
+        """Sum the counted buckets' partial reductions in float64, then over the process group."""
         device = partials[0].device
-        return torch.stack([p.to(device=device, dtype=torch.float64) for p in partials]).sum(0)
+        counted = [p.to(device=device, dtype=torch.float64) for p, b in zip(partials, self.buckets) if b.counted]
+        total = torch.stack(counted).sum(0) if counted else torch.zeros_like(partials[0], dtype=torch.float64)
+        return self.counting.all_reduce(total)
 
     def snapshots(self) -> list[Tensor]:
         """The flat snapshot buffer of each bucket (the parameters at the last measurement)."""
@@ -309,7 +335,7 @@ class ParameterTrajectory:
     def write_params(self, flats: Sequence[Tensor]) -> None:
         """Copy flat per-bucket vectors (laid out like the snapshots) into the parameters."""
         for b, flat in zip(self.buckets, flats, strict=True):
-            torch._foreach_copy_([p.detach() for p in b.params], b.views(flat))
+            torch._foreach_copy_(b.local_params(), b.views(flat))
 
     def state_dict(self) -> dict:
         return {
@@ -325,6 +351,8 @@ class ParameterTrajectory:
         check_tensors_like(f"{name}['snapshots']", state["snapshots"], buffers)
         check_tensors_like(f"{name}['steps']", state["steps"], buffers)
         previous = check_optional_real(f"{name}['previous_norm_sq']", state["previous_norm_sq"], "> 0", lambda v: v > 0)
+        if self.counting.world_size > 1:
+            return  # the steps are this rank's shards; previous_norm_sq is the sum over all ranks
         stored = sum(float(torch.dot(s.reshape(-1), s.reshape(-1))) for s in state["steps"])
         if previous is None and stored != 0:
             raise ValueError(f"{name}['previous_norm_sq'] is None but the stored steps are nonzero")

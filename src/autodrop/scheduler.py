@@ -38,6 +38,7 @@ from .checks import (
     check_real,
 )
 from .detector import SaturationDetector
+from .distributed import local_tensor
 from .geometry import NONFINITE, ZERO_STEP
 from .velocity import AngularVelocity
 
@@ -97,6 +98,11 @@ class AutoDrop(LRScheduler):
             averaged, e.g. to recompute BatchNorm statistics with
             ``torch.optim.swa_utils.update_bn(loader, model)`` (running
             statistics are buffers, not parameters, and are not averaged).
+        process_group: torch.distributed group the decision's sums are reduced
+            over; ``None`` (default) = the default group when torch.distributed
+            is initialized. DDP and FSDP2/DTensor parameters need nothing: every
+            rank takes the same decision, identical to a single process's (see
+            :mod:`autodrop.distributed`). Every rank must call :meth:`step`.
         on_nonfinite: what a step with NaN/Inf parameters does: ``"warn"``
             (default) skips the interval and warns once, ``"skip"`` skips it
             silently, ``"raise"`` raises ``FloatingPointError`` with nothing changed.
@@ -154,6 +160,7 @@ class AutoDrop(LRScheduler):
         eps: float = 1e-8,
         snapshot_device: torch.device | str | None = None,
         after_average: Callable[[], None] | None = None,
+        process_group: Any = None,
         on_nonfinite: str = "warn",
         max_history: int | None = None,
     ) -> None:
@@ -174,7 +181,9 @@ class AutoDrop(LRScheduler):
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
         self.max_history = None if max_history is None else check_int("max_history", max_history, 1)
 
-        self.velocity = AngularVelocity(self._optimizer_params(), eps=eps, snapshot_device=snapshot_device)
+        self.velocity = AngularVelocity(
+            self._optimizer_params(), eps=eps, snapshot_device=snapshot_device, process_group=process_group
+        )
         self.averager = WeightedAverage(self.velocity.trajectory)
         self._warned: set[str] = set()
 
@@ -331,7 +340,7 @@ class AutoDrop(LRScheduler):
         """Measure the optimizer's new parameter list from the next interval on."""
         trajectory = self.velocity.trajectory
         known = {id(p) for p in trajectory.params}
-        if not all(bool(torch.isfinite(p).all()) for p in params if id(p) not in known):
+        if not all(bool(torch.isfinite(local_tensor(p)).all()) for p in params if id(p) not in known):
             return  # a non-finite newcomer would poison the snapshot; it is tried again next interval
         sums = trajectory.views_by_param(self.averager.sums) if self.averager.active else None
         trajectory.retrack(params)
@@ -359,7 +368,9 @@ class AutoDrop(LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: counters, thresholds, buffers and history.
 
-        Loads with ``torch.load(..., weights_only=True)``.
+        Loads with ``torch.load(..., weights_only=True)``. Under torch.distributed it
+        holds this rank's shards (save one file per rank); for
+        torch.distributed.checkpoint wrap the scheduler in :class:`autodrop.ShardedState`.
         """
         return {
             "version": STATE_VERSION,

@@ -53,6 +53,10 @@ class AngularVelocity:
         eps: added to the norm product, as in the paper (default ``1e-8``).
         snapshot_device: device of the two parameter-sized buffers; ``None`` keeps
             them beside the parameters, ``"cpu"`` keeps them off the accelerator.
+        process_group: torch.distributed group the sums are reduced over; ``None``
+            (default) = the default group when torch.distributed is initialized,
+            so DDP and FSDP2/DTensor parameters need nothing. Every rank must call
+            :meth:`update` at the same interval (it runs one ``all_reduce``).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -70,9 +74,12 @@ class AngularVelocity:
         params: Iterable[Tensor],
         eps: float = 1e-8,
         snapshot_device: torch.device | str | None = None,
+        process_group: Any = None,
     ) -> None:
         self.eps = check_real("eps", eps, "> 0", lambda v: v > 0)
-        self.trajectory = ParameterTrajectory(params, check_device("snapshot_device", snapshot_device))
+        self.trajectory = ParameterTrajectory(
+            params, check_device("snapshot_device", snapshot_device), process_group
+        )
         self.omega: float | None = None
         self.last_statistics: StepStatistics | None = None
 

@@ -1,0 +1,119 @@
+"""torch.distributed.checkpoint (DCP) support for sharded AutoDrop state.
+
+``AutoDrop.state_dict()`` holds this rank's flat buffers (snapshot, previous step,
+averaging sum): ``torch.save`` it once per rank and load each rank's file into a
+run with the same world size and sharding. DCP cannot take that dict as it is:
+it treats a plain tensor saved under the same key on every rank as a replica and
+keeps one copy, which is right for DDP and wrong for shards.
+
+:class:`ShardedState` gives DCP the buffers the way it understands them: one
+tensor per parameter, a DTensor with the parameter's own device mesh, placements
+and global shape when the parameter is a DTensor (DCP stores each shard once and
+can reshard on load), the plain local tensor otherwise (a replica). Everything
+else (counters, thresholds, history) travels as one opaque blob, so a fresh
+scheduler's state is a valid template for ``dcp.load`` whatever was recorded.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .distributed import dtensor_like, is_dtensor, local_tensor
+from .geometry import ParameterTrajectory
+from .scheduler import AutoDrop
+from .velocity import AngularVelocity
+
+__all__ = ["ShardedState"]
+
+_BUFFERS = (("snapshot", "snapshots"), ("step", "steps"))
+
+
+class ShardedState:
+    """A DCP ``Stateful`` view of an :class:`AutoDrop` or :class:`AngularVelocity`.
+
+    Put it in the dict given to ``torch.distributed.checkpoint.save`` and
+    ``load``; DCP calls :meth:`state_dict` (and on load :meth:`load_state_dict`)
+    on every rank. The averaging sum is always saved (zeros outside a delay
+    window) so that any scheduler's state is a complete template.
+
+    Args:
+        owner: the scheduler or angular-velocity meter to checkpoint.
+
+    Example (every rank)::
+
+        import torch.distributed.checkpoint as dcp
+        dcp.save({"autodrop": ShardedState(scheduler)}, checkpoint_id=path)
+        ...
+        dcp.load({"autodrop": ShardedState(scheduler)}, checkpoint_id=path)
+    """
+
+    def __init__(self, owner: AutoDrop | AngularVelocity) -> None:
+        if not isinstance(owner, (AutoDrop, AngularVelocity)):
+            raise TypeError(f"owner must be an AutoDrop or an AngularVelocity, got {type(owner).__name__}")
+        self.owner = owner
+        velocity = owner.velocity if isinstance(owner, AutoDrop) else owner
+        self.trajectory: ParameterTrajectory = velocity.trajectory
+
+    def _trajectory_state(self, state: dict) -> dict:
+        velocity_state = state["velocity"] if isinstance(self.owner, AutoDrop) else state
+        return velocity_state["trajectory"]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"buffers": {name: {param index: tensor}}, "meta": bytes}``."""
+        state = self.owner.state_dict()
+        trajectory_state = self._trajectory_state(state)
+        buffers = {name: self._per_parameter(trajectory_state.pop(key)) for name, key in _BUFFERS}
+        if isinstance(self.owner, AutoDrop):
+            averaging = state["averaging"]
+            sums = averaging.pop("sums")
+            averaging["active"] = sums is not None
+            if sums is None:
+                sums = [torch.zeros_like(s) for s in self.trajectory.snapshots()]
+            buffers["sum"] = self._per_parameter(sums)
+        meta = io.BytesIO()
+        torch.save(state, meta)
+        return {"buffers": buffers, "meta": meta.getvalue()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`'s layout, as filled in by ``dcp.load``."""
+        state = torch.load(io.BytesIO(state_dict["meta"]), weights_only=True)
+        buffers = state_dict["buffers"]
+        trajectory_state = self._trajectory_state(state)
+        for name, key in _BUFFERS:
+            trajectory_state[key] = self._flat(name, buffers[name])
+        if isinstance(self.owner, AutoDrop):
+            averaging = state["averaging"]
+            active = averaging.pop("active")
+            averaging["sums"] = self._flat("sum", buffers["sum"]) if active else None
+        self.owner.load_state_dict(state)
+
+    def _per_parameter(self, flats: list[Tensor]) -> dict[str, Tensor]:
+        tensors: dict[str, Tensor] = {}
+        index = {id(p): i for i, p in enumerate(self.trajectory.params)}
+        for bucket, flat in zip(self.trajectory.buckets, flats, strict=True):
+            for param, view in zip(bucket.params, bucket.views(flat), strict=True):
+                tensors[str(index[id(param)])] = dtensor_like(view, param) if is_dtensor(param) else view
+        return tensors
+
+    def _flat(self, name: str, tensors: dict[str, Tensor]) -> list[Tensor]:
+        index = {id(p): i for i, p in enumerate(self.trajectory.params)}
+        flats = []
+        for bucket in self.trajectory.buckets:
+            flat = torch.empty_like(bucket.snapshot)
+            for param, view in zip(bucket.params, bucket.views(flat), strict=True):
+                key = str(index[id(param)])
+                if key not in tensors:
+                    raise ValueError(f"checkpoint has no {name} buffer for parameter {key}")
+                saved = local_tensor(tensors[key])
+                if saved.shape != view.shape:
+                    raise ValueError(
+                        f"checkpoint {name} buffer of parameter {key} is {tuple(saved.shape)} on this "
+                        f"rank, the parameter's local shard is {tuple(view.shape)}"
+                    )
+                view.copy_(saved)
+            flats.append(flat)
+        return flats
