@@ -41,6 +41,9 @@ def test_the_pieces_under_autodrop_check_their_arguments_too():
         AngularVelocity([torch.zeros(2)], eps=0.0)
     with pytest.raises(ValueError, match="snapshot_device 'gpu0' is not a valid device"):
         ParameterTrajectory([torch.zeros(2)], snapshot_device="gpu0")
+    for device in ("meta", "cuda:99", torch.device("cuda", 99)):
+        with pytest.raises(ValueError, match="snapshot_device '(meta|cuda:99)'"):
+            ParameterTrajectory([torch.zeros(2)], snapshot_device=device)
     with pytest.raises(ValueError, match="NaN or Inf"):
         ParameterTrajectory([torch.tensor([float("inf")])])
     with pytest.raises(ValueError, match=r"window must be an int >= 1, got 0"):

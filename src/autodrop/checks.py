@@ -67,15 +67,28 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
 
 
 def check_device(name: str, device: Any) -> torch.device | None:
-    """``None``, a ``torch.device``, or a string torch parses as one."""
-    if device is None or isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
+    """``None``, or a ``torch.device`` (or a string torch parses as one) that can hold tensors here."""
+    if device is None:
+        return None
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError as error:
+            raise ValueError(f"{name} {device!r} is not a valid device: {error}") from None
+    if not isinstance(device, torch.device):
         raise TypeError(f"{name} must be None, a str or a torch.device, got {device!r}")
-    try:
-        return torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"{name} {device!r} is not a valid device: {error}") from None
+    if device.type == "meta":
+        raise ValueError(f"{name} {str(device)!r} holds no data: use 'cpu' or an accelerator")
+    backend = getattr(torch, device.type, None) if device.type != "cpu" else None
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        raise ValueError(f"{name} {str(device)!r} is not available on this machine")
+    if backend is not None and device.index is not None and hasattr(backend, "device_count"):
+        if device.index >= backend.device_count():
+            raise ValueError(
+                f"{name} {str(device)!r} does not exist: this machine has {backend.device_count()} "
+                f"{device.type} device(s)"
+            )
+    return device
 
 
 def check_keys(name: str, state: Any, keys: Iterable[str]) -> None:

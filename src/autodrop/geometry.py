@@ -21,12 +21,14 @@ the sign.
 Faults: the reductions are taken *before* anything is written, chunk by chunk
 (``CPU_REDUCTION_CHUNK`` or ``REDUCTION_CHUNK`` elements at a time, into a few
 chunk-sized work tensors per bucket, so no third parameter-sized buffer
-exists), and the buffers are only updated once the host has seen that the step is finite and nonzero. A step with a NaN/Inf, or a zero
-step (nothing moved: all frozen, or lr 0), leaves the snapshot ``x_{i-1}`` and
-the previous step ``d_{i-1}`` exactly as they were; the next interval is then
-measured from them, so after a zero step the previous *nonzero* step stays
-``s_{i-1}``. The snapshot and the stored step are finite by construction, so a
-non-finite reduction means non-finite current parameters.
+exists), and the buffers are only updated once the host has seen that the
+step is finite and nonzero. A step with a NaN/Inf, or a zero step (nothing
+moved: all frozen, or lr 0), leaves the snapshot ``x_{i-1}`` and the previous
+step ``d_{i-1}`` exactly as they were; the next interval is then measured from
+them, so after a zero step the previous *nonzero* step stays ``s_{i-1}``. The
+snapshot and the stored step are finite by construction, so a non-finite
+reduction means non-finite current parameters. Under torch.distributed the
+decision is taken on the all-reduced sums, so every rank skips together.
 
 Precision: each chunk's step is formed in the buffer dtype (bit-identical to
 what is later stored) and its products are summed in float64, so the cosine is
@@ -142,8 +144,9 @@ class _Bucket:
         if self.scratch is None:
             size = min(self.snapshot.numel(), self.chunk_size)
             device, dtype = self.snapshot.device, self.snapshot.dtype
-            self.scratch = {"now": torch.empty(size, dtype=current[0].dtype, device=device),
-                            "step": torch.empty(size, dtype=dtype, device=device)}
+            self.scratch = {"step": torch.empty(size, dtype=dtype, device=device)}
+            if any(len(covered) > 1 for _, _, covered in self.chunks):  # chunks that gather several tensors
+                self.scratch["now"] = torch.empty(size, dtype=current[0].dtype, device=device)
             if dtype != torch.float64:
                 self.scratch["step64"] = torch.empty(size, dtype=torch.float64, device=device)
                 self.scratch["previous64"] = torch.empty(size, dtype=torch.float64, device=device)
