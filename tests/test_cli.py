@@ -7,3 +7,5 @@ def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "drops; final lr" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("interval,omega,delta,threshold,event,lr") and len(rows) == 1 + 12

@@ -8,11 +8,14 @@ trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
 ``ActiveSGD``, ``ActiveAdamW``, ``ActiveRAdam`` and ``ActiveAdaBelief`` adapt a
 per-element LR multiplier from the sign of the epoch-summed gradient (ActiveLR,
 Wadi, Fredette, Senecal, arXiv 2301.10133); ``AdaBelief`` is their AdaBelief base.
+``write_history_csv`` and ``write_history_tensorboard`` record ``AutoDrop.history``;
+framework integrations live in ``autodrop.integrations`` and import lazily.
 """
 
 from .active import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD
 from .adabelief import AdaBelief
 from .checkpoint import ShardedState
+from .history_log import write_history_csv, write_history_tensorboard
 from .nqm import NoisyQuadratic
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
@@ -28,5 +31,7 @@ __all__ = [
     "AutoDrop",
     "NoisyQuadratic",
     "ShardedState",
+    "write_history_csv",
+    "write_history_tensorboard",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """A short AutoDrop training run on MNIST-1D, generated locally (no download).
 
-Prints each LR drop and writes ``demo.png`` (omega, threshold, LR, loss).
+Prints each LR drop and writes ``demo.png`` (omega, threshold, LR, loss) and
+``history.csv`` (one row per epoch, :func:`autodrop.write_history_csv`).
 Needs the ``bench`` extra (mnist1d, matplotlib).
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .history_log import write_history_csv
 from .plots import plot_history
 from .scheduler import AutoDrop
 
@@ -77,5 +79,6 @@ def run(args: argparse.Namespace) -> None:
     with torch.no_grad():
         error = (model(x_test).argmax(1) != y_test).float().mean().item()
     path = plot_history(scheduler.history, args.out / "demo.png", losses, title="AutoDrop on MNIST-1D")
+    table = write_history_csv(scheduler.history, args.out / "history.csv")
     print(f"{scheduler.num_drops} drops; final lr {scheduler.get_last_lr()[0]:.2e}; "
-          f"final test error {100 * error:.2f}%; figure: {path}")
+          f"final test error {100 * error:.2f}%; figure: {path}; history: {table}")

@@ -1,0 +1,81 @@
+"""``AutoDrop.history`` as scalars: to CSV, to TensorBoard, and for framework loggers.
+
+Each record of ``AutoDrop.history`` (one per ``step()``) becomes the scalars
+
+    omega, delta, threshold (degrees; omega and delta absent while undefined),
+    lr (param group 0), lr_group1, lr_group2, ... (further groups),
+    trigger, drop (1.0 at that event, else 0.0)
+
+so every logger shows the same names. TensorBoard needs the ``tensorboard``
+package (``pip install 'autodrop[tensorboard]'``); CSV needs nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._optional import import_optional
+
+__all__ = ["history_scalars", "write_history_csv", "write_history_tensorboard"]
+
+
+def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """The loggable scalars of one history record (names in the module docstring)."""
+    scalars = {key: float(record[key]) for key in ("omega", "delta") if record[key] is not None}
+    scalars["threshold"] = float(record["threshold"])
+    for group, lr in enumerate(record["lrs"]):
+        scalars["lr" if group == 0 else f"lr_group{group}"] = float(lr)
+    scalars["trigger"] = float(record["event"] == "trigger")
+    scalars["drop"] = float(record["event"] == "drop")
+    return scalars
+
+
+def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write one CSV row per record: interval, omega, delta, threshold, event, lr, lr_group1, ...
+
+    Undefined values (omega, delta early on, no event) are empty cells; floats are
+    written with ``repr`` so they read back exactly. Parent folders are created.
+    Returns the path.
+    """
+    num_groups = max((len(record["lrs"]) for record in history), default=1)
+    lr_columns = ["lr"] + [f"lr_group{group}" for group in range(1, num_groups)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["interval", "omega", "delta", "threshold", "event", *lr_columns])
+        for record in history:
+            cells = [record["interval"], record["omega"], record["delta"], record["threshold"], record["event"]]
+            writer.writerow(["" if cell is None else cell for cell in cells] + list(record["lrs"]))
+    return path
+
+
+def write_history_tensorboard(
+    history: Sequence[Mapping[str, Any]], writer_or_logdir: Any, prefix: str = "autodrop/"
+) -> None:
+    """Add every record's scalars to TensorBoard, at ``global_step`` = the record's interval.
+
+    ``writer_or_logdir`` is a ``torch.utils.tensorboard.SummaryWriter`` (or any
+    object with ``add_scalar`` and ``flush``), which is flushed and left open, or a
+    folder, for which a writer is opened and closed here. Tags are ``prefix + name``,
+    e.g. ``autodrop/omega``.
+    """
+    if isinstance(writer_or_logdir, (str, Path)):
+        tensorboard = import_optional("torch.utils.tensorboard", "tensorboard", "write_history_tensorboard")
+        writer = tensorboard.SummaryWriter(log_dir=str(writer_or_logdir))
+        try:
+            _add_scalars(history, writer, prefix)
+        finally:
+            writer.close()
+    else:
+        _add_scalars(history, writer_or_logdir, prefix)
+        writer_or_logdir.flush()
+
+
+def _add_scalars(history: Sequence[Mapping[str, Any]], writer: Any, prefix: str) -> None:
+    for record in history:
+        for name, value in history_scalars(record).items():
+            writer.add_scalar(prefix + name, value, global_step=record["interval"])

@@ -1,0 +1,125 @@
+"""PyTorch Lightning (``lightning`` 2.x): AutoDrop as an ordinary LR scheduler, plus a callback.
+
+AutoDrop is a ``torch.optim.lr_scheduler.LRScheduler``, so Lightning drives it
+with its own machinery: return it from ``configure_optimizers`` with
+``"interval": "epoch"``; Lightning calls ``step()`` after each training epoch
+(before validation, so validation sees the averaged parameters) and saves and
+restores ``state_dict()`` in its checkpoints, so ``Trainer.fit(ckpt_path=...)``
+continues the same schedule::
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        scheduler = AutoDrop(optimizer, delay=5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+:class:`AutoDropCallback` adds logging and an optional BatchNorm refresh.
+Needs ``pip install 'autodrop[lightning]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .._optional import import_optional
+from ..history_log import history_scalars
+from ..scheduler import AutoDrop
+
+pl = import_optional("lightning.pytorch", "lightning", __name__)
+
+__all__ = ["AutoDropCallback", "find_autodrop"]
+
+
+def find_autodrop(trainer: pl.Trainer) -> AutoDrop:
+    """The single AutoDrop among the schedulers ``configure_optimizers`` returned."""
+    found = [config.scheduler for config in trainer.lr_scheduler_configs if isinstance(config.scheduler, AutoDrop)]
+    if len(found) != 1:
+        raise ValueError(
+            f"AutoDropCallback needs exactly one AutoDrop scheduler returned by configure_optimizers, "
+            f"found {len(found)} among {[type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]}"
+        )
+    return found[0]
+
+
+class AutoDropCallback(pl.Callback):
+    """Logs AutoDrop's state to the Trainer's loggers and can refresh BatchNorm after averaging.
+
+    After every ``AutoDrop.step()`` the record's scalars (see
+    :mod:`autodrop.history_log`: omega, delta, threshold, lr, trigger, drop) go to
+    every logger of the Trainer as ``prefix + name`` at the current
+    ``trainer.global_step``, and each drop is announced on rank zero. Records
+    already in the history when training starts (a resumed run) are not logged again.
+
+    Args:
+        refresh_batchnorm: recompute BatchNorm running statistics right after
+            AutoDrop replaced the parameters by their average (running statistics
+            are buffers and are not averaged), with one pass of
+            ``torch.optim.swa_utils.update_bn`` over ``trainer.train_dataloader``
+            (default False). AutoDrop's own ``after_average`` must then be None.
+        batch_input: maps a training batch to the module's ``forward`` input for
+            that pass; ``None`` (default) passes a tensor batch as is and the
+            first element of a tuple or list batch.
+        prefix: prefix of the logged names (default ``"autodrop/"``).
+
+    Example:
+        >>> trainer = lightning.Trainer(max_epochs=50, callbacks=[AutoDropCallback(refresh_batchnorm=True)])
+        ... # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        refresh_batchnorm: bool = False,
+        batch_input: Callable[[Any], Any] | None = None,
+        prefix: str = "autodrop/",
+    ) -> None:
+        if not isinstance(refresh_batchnorm, bool):
+            raise TypeError(f"refresh_batchnorm must be a bool, got {refresh_batchnorm!r}")
+        if batch_input is not None and not callable(batch_input):
+            raise TypeError(f"batch_input must be callable or None, got {batch_input!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        self.refresh_batchnorm = refresh_batchnorm
+        self.batch_input = batch_input
+        self.prefix = prefix
+        self.scheduler: AutoDrop | None = None
+        self._logged = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.scheduler = find_autodrop(trainer)
+        # a resumed fit has restored the history by now; its records were logged by the first run
+        self._logged = self.scheduler.last_epoch
+        if self.refresh_batchnorm:
+            if self.scheduler.after_average is not None:
+                raise ValueError(
+                    "refresh_batchnorm=True but the AutoDrop scheduler already has an after_average "
+                    f"callback ({self.scheduler.after_average!r}); use one of the two"
+                )
+            self.scheduler.after_average = lambda: self._update_batchnorm(trainer, pl_module)
+
+    def _update_batchnorm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        inputs = loader if self.batch_input is None else map(self.batch_input, loader)
+        torch.optim.swa_utils.update_bn(inputs, pl_module, device=pl_module.device)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.refresh_batchnorm:
+            self.scheduler.after_average = None  # the hook holds the trainer
+
+    # Lightning steps an epoch-interval scheduler right after the epoch's last
+    # training step, before that batch's on_train_batch_end: logging here covers
+    # "epoch" and "step" intervals alike.
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        # _logged is the last logged interval, not a position: max_history may drop old records
+        history = self.scheduler.history
+        for record in history[max(0, len(history) - (self.scheduler.last_epoch - self._logged)) :]:
+            metrics = {self.prefix + name: value for name, value in history_scalars(record).items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            if record["event"] == "drop":
+                pl.utilities.rank_zero_info(
+                    f"AutoDrop: LR drop at interval {record['interval']} (epoch {trainer.current_epoch}): "
+                    f"lr {record['lrs'][0]:.4g}, threshold {record['threshold']:.4g} deg"
+                )
+        self._logged = self.scheduler.last_epoch

@@ -1,0 +1,157 @@
+"""Hugging Face ``transformers.Trainer``: AutoDrop as a ``TrainerCallback``.
+
+The Trainer owns its optimizer and steps its own LR scheduler after every
+optimizer step, so AutoDrop runs beside it as a callback:
+
+    args = TrainingArguments(..., lr_scheduler_type="constant")
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    trainer.add_callback(AutoDropCallback(trainer, delay=5, threshold=0.5))
+    trainer.train()                      # or trainer.train(resume_from_checkpoint=True)
+
+Why ``lr_scheduler_type="constant"``: any other schedule moves the LR itself and
+fights AutoDrop. Even the constant one is a ``LambdaLR`` that sets every group's
+LR to ``base_lr * 1`` at each step, which would undo a drop at the next step; the
+callback therefore writes the LRs AutoDrop leaves into that scheduler's
+``base_lrs`` (and its last LR, which the Trainer logs as ``learning_rate``),
+so the drop sticks and is saved in the Trainer's ``scheduler.pt``.
+
+Needs ``pip install 'autodrop[transformers]'``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .._optional import import_optional
+from ..checks import check_int
+from ..history_log import history_scalars
+from ..scheduler import AutoDrop
+
+hf = import_optional("transformers", "transformers", __name__)
+
+__all__ = ["STATE_FILE", "AutoDropCallback"]
+
+STATE_FILE = "autodrop_scheduler.pt"
+"""Name of AutoDrop's state inside each Trainer checkpoint folder."""
+
+logger = logging.getLogger(__name__)
+
+
+class AutoDropCallback(hf.TrainerCallback):
+    """Steps AutoDrop on the Trainer's epoch ends (or every N optimizer steps).
+
+    At ``on_train_begin`` the callback builds ``AutoDrop(optimizer, **autodrop_kwargs)``
+    on the Trainer's optimizer (available as :attr:`scheduler`). Each AutoDrop step
+    is logged with ``trainer.log`` (so it reaches ``trainer.state.log_history`` and
+    every ``report_to`` integration) under ``prefix + name`` for the scalars of
+    :func:`autodrop.history_log.history_scalars`; drops are also logged at INFO.
+    At every checkpoint the state is written to ``<checkpoint>/autodrop_scheduler.pt``;
+    ``trainer.train(resume_from_checkpoint=...)`` loads it from
+    ``<args.output_dir>/checkpoint-<global step>``, the folder the Trainer wrote.
+
+    Args:
+        trainer: the ``transformers.Trainer`` to log through; its
+            ``args.lr_scheduler_type`` must be ``"constant"`` (checked here and
+            again when training starts, with a ValueError).
+        every_n_steps: ``None`` (default) steps AutoDrop at every epoch end; an
+            int ``>= 1`` steps it every that many optimizer steps instead
+            (for step-based training, e.g. ``max_steps``).
+        prefix: prefix of the logged names (default ``"autodrop/"``).
+        **autodrop_kwargs: passed to :class:`autodrop.AutoDrop` (``factor``,
+            ``delay``, ``threshold``, ...); names are checked here.
+
+    Example:
+        >>> trainer.add_callback(AutoDropCallback(trainer, delay=5))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, trainer: Any, every_n_steps: int | None = None, prefix: str = "autodrop/", **autodrop_kwargs: Any
+    ) -> None:
+        if not isinstance(trainer, hf.Trainer):
+            raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
+        if every_n_steps is not None:
+            check_int("every_n_steps", every_n_steps, 1)
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        if "optimizer" in autodrop_kwargs:
+            raise TypeError("AutoDropCallback takes the Trainer's optimizer; do not pass optimizer")
+        inspect.signature(AutoDrop).bind_partial(**autodrop_kwargs)
+        _check_constant_schedule(trainer.args)
+        self.trainer = trainer
+        self.every_n_steps = every_n_steps
+        self.prefix = prefix
+        self.autodrop_kwargs = autodrop_kwargs
+        self.scheduler: AutoDrop | None = None
+        self._trainer_schedule: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        _check_constant_schedule(args)
+        if not _is_constant_lambda(lr_scheduler):
+            raise ValueError(
+                "AutoDropCallback needs the Trainer's own scheduler to be the constant LambdaLR that "
+                f"lr_scheduler_type='constant' creates, got {type(lr_scheduler).__name__}; "
+                "a custom scheduler passed in Trainer(optimizers=...) would fight AutoDrop's drops"
+            )
+        self._trainer_schedule = lr_scheduler
+        self.scheduler = AutoDrop(optimizer, **self.autodrop_kwargs)
+        if state.global_step > 0:  # resume_from_checkpoint restored the Trainer's state
+            path = os.path.join(_checkpoint_folder(args, state), STATE_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"resuming at global step {state.global_step} but AutoDrop's state {path} does not exist: "
+                    "resume from a checkpoint that AutoDropCallback saved under TrainingArguments.output_dir"
+                )
+            self.scheduler.load_state_dict(torch.load(path, weights_only=True))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.every_n_steps is None:
+            self._step()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every_n_steps is not None and state.global_step % self.every_n_steps == 0:
+            self._step()
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save and self.scheduler is not None:
+            torch.save(self.scheduler.state_dict(), os.path.join(_checkpoint_folder(args, state), STATE_FILE))
+
+    def _step(self) -> None:
+        scheduler = self.scheduler
+        scheduler.step()
+        lrs = scheduler.get_last_lr()
+        # The constant LambdaLR sets lr = base_lr * 1 at every step: keep it at AutoDrop's LR, and
+        # its last LR too, which the Trainer logs as "learning_rate" for the next step.
+        self._trainer_schedule.base_lrs = list(lrs)
+        self._trainer_schedule._last_lr = list(lrs)
+        record = scheduler.history[-1]
+        self.trainer.log({self.prefix + name: value for name, value in history_scalars(record).items()})
+        if record["event"] == "drop":
+            logger.info(
+                "AutoDrop: LR drop at interval %d (global step %d): lr %.4g, threshold %.4g deg",
+                record["interval"], self.trainer.state.global_step, lrs[0], record["threshold"],
+            )
+
+
+def _checkpoint_folder(args: Any, state: Any) -> str:
+    """The folder the Trainer writes (and ``resume_from_checkpoint=True`` reads) at this global step."""
+    return os.path.join(args.output_dir, f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def _check_constant_schedule(args: Any) -> None:
+    if args.lr_scheduler_type != hf.SchedulerType.CONSTANT:
+        raise ValueError(
+            "AutoDropCallback needs TrainingArguments(lr_scheduler_type='constant'), got "
+            f"lr_scheduler_type={getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)!r}: "
+            "the Trainer's own schedule would fight AutoDrop's drops"
+        )
+
+
+def _is_constant_lambda(scheduler: Any) -> bool:
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return False
+    return all(lr_lambda(scheduler.last_epoch) == 1 for lr_lambda in scheduler.lr_lambdas)

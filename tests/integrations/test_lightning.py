@@ -1,0 +1,175 @@
+"""Real lightning.Trainer.fit runs with AutoDrop from configure_optimizers (CPU, seconds each)."""
+
+import copy
+import csv
+import logging
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from autodrop import AutoDrop
+from autodrop.integrations.lightning import AutoDropCallback
+
+pytestmark = pytest.mark.filterwarnings(
+    # lightning 2.6 calling a torch 2.13 deprecated pytree API; not ours to fix
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # the resumed fit writes its checkpoints to a new folder on purpose
+    "ignore:The dirpath has changed",
+)
+
+# threshold 180 deg: the first defined change of omega (interval 3) triggers; delay 2
+# averages intervals 3 and 4 and drops at 4; the cap keeps the threshold at 180.
+SCHEDULE = dict(threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)
+LR = 0.1
+
+
+class Regression(L.LightningModule):
+    def __init__(self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True, max_history=None):
+        super().__init__()
+        self.max_history = max_history
+        layers = [torch.nn.Linear(8, 16)] + ([torch.nn.BatchNorm1d(16)] if batchnorm else []) + [torch.nn.Tanh()]
+        self.net = torch.nn.Sequential(*layers, torch.nn.Linear(16, 1))
+        self.after_average = after_average
+        self.with_autodrop = with_autodrop
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        if not self.with_autodrop:
+            return optimizer
+        scheduler = AutoDrop(optimizer, after_average=self.after_average, max_history=self.max_history, **SCHEDULE)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def train_loader():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=generator)
+    y = x[:, :1] * 2 + 0.1 * torch.randn(256, 1, generator=generator)
+    # unshuffled: a resumed fit then sees the same batches as an uninterrupted one
+    return DataLoader(TensorDataset(x, y), batch_size=32)
+
+
+def fit(root, epochs, ckpt_path=None, callbacks=(), logger=False, **module_kwargs):
+    L.seed_everything(0, verbose=False)
+    module = Regression(**module_kwargs)
+    checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    trainer = L.Trainer(
+        max_epochs=epochs, default_root_dir=root, accelerator="cpu", devices=1, logger=logger,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, callbacks=[checkpoints, *callbacks],
+    )
+    trainer.fit(module, train_loader(), ckpt_path=ckpt_path)
+    return trainer, module
+
+
+def scheduler_of(trainer) -> AutoDrop:
+    (config,) = trainer.lr_scheduler_configs
+    return config.scheduler
+
+
+def logged_rows(trainer):
+    """The rows of the Trainer's CSV logger that hold AutoDrop's scalars."""
+    with open(trainer.logger.experiment.metrics_file_path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("autodrop/threshold")]
+
+
+def test_autodrop_returned_from_configure_optimizers_drops_the_lr_once_per_epoch(tmp_path):
+    trainer, module = fit(tmp_path, epochs=5)
+    scheduler = scheduler_of(trainer)
+    assert [r["interval"] for r in scheduler.history] == [1, 2, 3, 4, 5]
+    assert [r["event"] for r in scheduler.history][:4] == [None, None, "trigger", "drop"]
+    assert scheduler.history[3]["lrs"] == [LR * 0.5]
+    assert trainer.optimizers[0].param_groups[0]["lr"] == scheduler.history[-1]["lrs"][0]
+    assert scheduler.num_drops >= 1
+
+
+def test_fit_resumed_from_ckpt_path_continues_the_same_schedule(tmp_path):
+    full, _ = fit(tmp_path / "full", epochs=6)
+    fit(tmp_path / "first", epochs=3)
+    checkpoint = tmp_path / "first" / "checkpoints" / "epoch=2.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["lr_schedulers"][0]
+    assert saved["pending"] and saved["averaging"]["sums"] is not None  # interrupted inside the delay window
+    resumed, _ = fit(tmp_path / "resumed", epochs=6, ckpt_path=checkpoint, callbacks=[AutoDropCallback()],
+                     logger=CSVLogger(tmp_path / "resumed", name="logs"))
+
+    reference = scheduler_of(full)
+    assert sum(r["event"] == "drop" for r in reference.history) >= 1
+    assert scheduler_of(resumed).history == reference.history
+    for a, b in zip(resumed.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # the callback logs the resumed intervals only: the first run logged the others
+    assert [float(row["autodrop/lr"]) for row in logged_rows(resumed)] == [r["lrs"][0] for r in reference.history[3:]]
+
+
+def test_callback_logs_every_step_of_autodrop_to_the_trainer_loggers(tmp_path, caplog):
+    callback = AutoDropCallback()
+    with caplog.at_level(logging.INFO):
+        trainer, _ = fit(tmp_path, epochs=5, callbacks=[callback], logger=CSVLogger(tmp_path, name="logs"))
+    history = scheduler_of(trainer).history
+    rows = logged_rows(trainer)
+    assert len(rows) == len(history)
+    for row, record in zip(rows, history, strict=True):
+        assert float(row["autodrop/lr"]) == record["lrs"][0]
+        assert float(row["autodrop/threshold"]) == record["threshold"]
+        assert float(row["autodrop/drop"]) == float(record["event"] == "drop")
+        assert (row["autodrop/omega"] == "") == (record["omega"] is None)
+        if record["omega"] is not None:
+            assert float(row["autodrop/omega"]) == pytest.approx(record["omega"])
+    assert "AutoDrop: LR drop at interval 4" in caplog.text
+
+
+def test_callback_logs_every_interval_when_the_history_is_capped(tmp_path):
+    trainer, _ = fit(tmp_path, epochs=5, callbacks=[AutoDropCallback()], logger=CSVLogger(tmp_path, name="logs"),
+                     max_history=2)
+    history = scheduler_of(trainer).history
+    rows = logged_rows(trainer)
+    assert [r["interval"] for r in history] == [4, 5] and len(rows) == 5
+    assert [float(row["autodrop/lr"]) for row in rows[-2:]] == [r["lrs"][0] for r in history]
+
+
+def batchnorm_buffers(module):
+    bn = module.net[1]
+    return bn.running_mean.clone(), bn.running_var.clone()
+
+
+def test_callback_refreshes_batchnorm_statistics_after_the_averaging_drop(tmp_path):
+    # 4 epochs: the run ends on the averaging drop, so the final statistics are the refreshed ones
+    refreshed_trainer, refreshed = fit(tmp_path / "a", epochs=4, callbacks=[AutoDropCallback(refresh_batchnorm=True)],
+                                       batchnorm=True)
+    assert scheduler_of(refreshed_trainer).history[-1]["event"] == "drop"
+    expected = copy.deepcopy(refreshed)
+    torch.optim.swa_utils.update_bn(train_loader(), expected)
+    for got, want in zip(batchnorm_buffers(refreshed), batchnorm_buffers(expected), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert scheduler_of(refreshed_trainer).after_average is None  # the callback removes its hook at the end
+
+    _, stale = fit(tmp_path / "b", epochs=4, callbacks=[AutoDropCallback()], batchnorm=True)
+    assert not torch.allclose(batchnorm_buffers(stale)[1], batchnorm_buffers(expected)[1], rtol=1e-3)
+
+
+def test_callback_refuses_a_run_without_autodrop(tmp_path):
+    with pytest.raises(ValueError, match="exactly one AutoDrop scheduler"):
+        fit(tmp_path, epochs=1, callbacks=[AutoDropCallback()], with_autodrop=False)
+
+
+def test_callback_refuses_to_replace_an_after_average_hook(tmp_path):
+    with pytest.raises(ValueError, match="already has an after_average"):
+        fit(tmp_path, epochs=1, callbacks=[AutoDropCallback(refresh_batchnorm=True)], after_average=lambda: None)
+
+
+def test_callback_arguments_are_checked():
+    with pytest.raises(TypeError, match="refresh_batchnorm must be a bool"):
+        AutoDropCallback(refresh_batchnorm="yes")
+    with pytest.raises(TypeError, match="batch_input must be callable"):
+        AutoDropCallback(batch_input=3)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        AutoDropCallback(prefix=None)

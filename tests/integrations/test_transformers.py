@@ -1,0 +1,199 @@
+"""Real transformers.Trainer runs with AutoDropCallback on a tiny model built from a config (CPU, offline)."""
+
+import logging
+
+import pytest
+import torch
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    get_constant_schedule,
+)
+
+from autodrop.integrations.transformers import STATE_FILE, AutoDropCallback
+
+SCHEDULE = dict(threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)  # trigger at 3, drop at 4
+LR = 0.1
+STEPS_PER_EPOCH = 8  # 256 samples, batch 32
+
+
+class TinyConfig(PretrainedConfig):
+    model_type = "autodrop-tiny-regressor"
+
+    def __init__(self, features: int = 8, hidden: int = 16, **kwargs):
+        self.features, self.hidden = features, hidden
+        super().__init__(**kwargs)
+
+
+class TinyRegressor(PreTrainedModel):
+    config_class = TinyConfig
+
+    def __init__(self, config: TinyConfig):
+        super().__init__(config)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(config.features, config.hidden), torch.nn.Tanh(), torch.nn.Linear(config.hidden, 1)
+        )
+        self.post_init()
+
+    def forward(self, x, labels=None):
+        prediction = self.net(x)
+        loss = None if labels is None else torch.nn.functional.mse_loss(prediction, labels)
+        return {"loss": loss, "logits": prediction}
+
+
+class Regression(torch.utils.data.Dataset):
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(256, 8, generator=generator)
+        self.y = self.x[:, :1] * 2 + 0.1 * torch.randn(256, 1, generator=generator)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return {"x": self.x[index], "labels": self.y[index]}
+
+
+class UsedLearningRates(TrainerCallback):
+    """The LR of every optimizer step, read right after the step used it."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+class StopAfterEpochs(TrainerCallback):
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if round(state.epoch) == self.epochs:
+            control.should_training_stop = True
+
+
+def make_trainer(output_dir, epochs=5, scheduler_type="constant", max_steps=-1, **overrides):
+    settings = dict(
+        output_dir=str(output_dir), num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=32,
+        learning_rate=LR, lr_scheduler_type=scheduler_type, optim="sgd", weight_decay=0.0, save_strategy="epoch",
+        logging_steps=1, report_to="none", use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+    )
+    args = TrainingArguments(**{**settings, **overrides})
+    torch.manual_seed(0)
+    return Trainer(model=TinyRegressor(TinyConfig()), args=args, train_dataset=Regression())
+
+
+def autodrop_logs(trainer):
+    return [entry for entry in trainer.state.log_history if "autodrop/threshold" in entry]
+
+
+def test_constant_lambda_lr_alone_would_undo_a_drop():
+    # why the callback writes into the Trainer's scheduler: LambdaLR recomputes lr = base_lr * 1
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=LR)
+    constant = get_constant_schedule(optimizer)
+    optimizer.param_groups[0]["lr"] = LR / 2
+    optimizer.step()
+    constant.step()
+    assert optimizer.param_groups[0]["lr"] == LR
+
+
+def test_callback_drops_the_lr_at_epoch_ends_and_the_drop_sticks(tmp_path, caplog):
+    trainer = make_trainer(tmp_path)
+    callback = AutoDropCallback(trainer, **SCHEDULE)
+    used = UsedLearningRates()
+    trainer.add_callback(callback)
+    trainer.add_callback(used)
+    with caplog.at_level(logging.INFO, logger="autodrop.integrations.transformers"):
+        trainer.train()
+
+    history = callback.scheduler.history
+    assert [r["event"] for r in history][:4] == [None, None, "trigger", "drop"]
+    assert len(history) == 5
+    # the LR every optimizer step used: the Trainer's own scheduler never restores 0.1 after a drop
+    expected = [record["lrs"][0] for record in history for _ in range(STEPS_PER_EPOCH)]
+    assert used.lrs == [LR] * STEPS_PER_EPOCH + expected[:-STEPS_PER_EPOCH]
+    assert trainer.optimizer.param_groups[0]["lr"] == history[-1]["lrs"][0]
+    # the Trainer's own "learning_rate" log agrees, step by step
+    logged = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert logged == used.lrs
+
+    logs = autodrop_logs(trainer)
+    assert [entry["step"] for entry in logs] == [STEPS_PER_EPOCH * i for i in range(1, 6)]
+    assert [entry["autodrop/lr"] for entry in logs] == [r["lrs"][0] for r in history]
+    assert [entry["autodrop/drop"] for entry in logs] == [float(r["event"] == "drop") for r in history]
+    assert "AutoDrop: LR drop at interval 4 (global step 32)" in caplog.text
+
+
+def test_callback_steps_every_n_optimizer_steps(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=20, save_strategy="no")
+    callback = AutoDropCallback(trainer, every_n_steps=4, **SCHEDULE)
+    trainer.add_callback(callback)
+    trainer.train()
+    assert [entry["step"] for entry in autodrop_logs(trainer)] == [4, 8, 12, 16, 20]
+    assert [r["event"] for r in callback.scheduler.history][2:4] == ["trigger", "drop"]
+
+
+def test_resume_from_checkpoint_continues_the_same_schedule(tmp_path):
+    full = make_trainer(tmp_path / "full", epochs=6)
+    full_callback = AutoDropCallback(full, **SCHEDULE)
+    full.add_callback(full_callback)
+    full.train()
+
+    first = make_trainer(tmp_path / "run", epochs=6)
+    first.add_callback(AutoDropCallback(first, **SCHEDULE))
+    first.add_callback(StopAfterEpochs(3))
+    first.train()
+    checkpoint = tmp_path / "run" / f"checkpoint-{3 * STEPS_PER_EPOCH}"
+    assert torch.load(checkpoint / STATE_FILE, weights_only=True)["pending"]  # inside the delay window
+
+    resumed = make_trainer(tmp_path / "run", epochs=6)
+    resumed_callback = AutoDropCallback(resumed, **SCHEDULE)
+    resumed.add_callback(resumed_callback)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    assert sum(r["event"] == "drop" for r in full_callback.scheduler.history) >= 1
+    assert resumed_callback.scheduler.history == full_callback.scheduler.history
+    for a, b in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_without_autodrop_state_is_a_clear_error(tmp_path):
+    plain = make_trainer(tmp_path, epochs=1)
+    plain.train()
+    resumed = make_trainer(tmp_path, epochs=2)
+    resumed.add_callback(AutoDropCallback(resumed, **SCHEDULE))
+    with pytest.raises(FileNotFoundError, match=f"checkpoint-{STEPS_PER_EPOCH}.{STATE_FILE} does not exist"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{STEPS_PER_EPOCH}"))
+
+
+def test_a_schedule_that_would_fight_autodrop_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="lr_scheduler_type='constant'.*got lr_scheduler_type='linear'"):
+        AutoDropCallback(make_trainer(tmp_path, scheduler_type="linear"))
+
+    trainer = make_trainer(tmp_path)
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=LR)
+    trainer = Trainer(model=trainer.model, args=trainer.args, train_dataset=Regression(),
+                      optimizers=(optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=4)))
+    trainer.add_callback(AutoDropCallback(trainer))
+    with pytest.raises(ValueError, match="got StepLR"):
+        trainer.train()
+
+
+def test_callback_arguments_are_checked(tmp_path):
+    trainer = make_trainer(tmp_path)
+    with pytest.raises(TypeError, match="must be a transformers.Trainer"):
+        AutoDropCallback(object())
+    with pytest.raises(ValueError, match="every_n_steps must be an int >= 1, got 0"):
+        AutoDropCallback(trainer, every_n_steps=0)
+    with pytest.raises(TypeError, match="every_n_steps must be an int >= 1, got 2.0"):
+        AutoDropCallback(trainer, every_n_steps=2.0)
+    with pytest.raises(TypeError, match="delays"):
+        AutoDropCallback(trainer, delays=3)
+    with pytest.raises(TypeError, match="do not pass optimizer"):
+        AutoDropCallback(trainer, optimizer=None)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        AutoDropCallback(trainer, prefix=1)
