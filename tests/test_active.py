@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from autodrop import (
     ACTIVE_PRESETS,
@@ -15,6 +17,8 @@ from autodrop import (
     AdaBelief,
     AutoDrop,
 )
+
+from states import MUTATIONS, load_exactly_or_fail_cleanly, mutated, paths, states_equal
 
 STATE_KEYS = ("multiplier", "grad_sum", "grad_sign")
 
@@ -436,3 +440,66 @@ def test_grad_scaler_with_fused_adamw_sums_true_gradients_and_skips_inf_steps():
         for key in STATE_KEYS:
             assert torch.equal(scaled.state[p][key], plain.state[q][key]), key
     assert scaled.param_groups[0]["epoch"] == plain.param_groups[0]["epoch"] == 4
+
+
+def trained(cls, kwargs, steps=6):
+    model = make_model()
+    optimizer = cls(model.parameters(), **kwargs, steps_per_epoch=4)
+    for batch in make_batches(steps):
+        train_step(model, optimizer, batch)
+    return model, optimizer
+
+
+def corrupt(state, group=None, param=None, **changes):
+    state = copy.deepcopy(state)
+    target = state["param_groups"][group] if group is not None else state["state"][param]
+    for key, value in changes.items():
+        if value is KeyError:
+            del target[key]
+        else:
+            target[key] = value
+    return state
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(group=0, lr_low=2.0), ValueError, r"lr_low of saved param group 0 must be in \(0, 1\], got 2.0"),
+        (dict(group=0, epoch=KeyError), KeyError, r"param_groups'\]\[0\] lacks \['epoch'\]"),
+        (dict(group=0, epoch_steps=-1), ValueError, r"epoch_steps'\] must be an int >= 0, got -1"),
+        (dict(group=0, lr=float("nan")), ValueError, r"\['lr'\] must be >= 0, got nan"),
+        (dict(param=0, multiplier=torch.ones(3)), ValueError, r"\['multiplier'\] has shape \(3,\), the parameter has \(8, 6\)"),
+        (dict(param=1, grad_sum=torch.full((8,), float("nan"))), ValueError, r"\['grad_sum'\] contains NaN or Inf"),
+        (dict(param=1, grad_sign=torch.full((8,), 3, dtype=torch.int8)), ValueError, r"signs in \{-1, 0, 1\}"),
+        (dict(param=1, multiplier=torch.zeros(8)), ValueError, r"must be > 0 everywhere"),
+        (dict(param=2, grad_sign=KeyError), KeyError, r"lacks \['grad_sign'\] \(the rule's state is all or nothing\)"),
+        (dict(param=0, exp_avg=torch.zeros(2)), ValueError, r"\['exp_avg'\] has shape \(2,\)"),
+        (dict(param=0, step=torch.tensor(-1.0)), ValueError, r"\['step'\] must be a whole number >= 0"),
+        (dict(param=0, step="3"), TypeError, r"\['step'\] must be a step count"),
+    ],
+)
+def test_a_bad_checkpoint_is_rejected_naming_what_differs_and_changes_nothing(change, error, match):
+    _, source = trained(ActiveAdamW, dict(lr=1e-2))
+    bad = corrupt(source.state_dict(), **change)
+    _, target = trained(ActiveAdamW, dict(lr=1e-2), steps=3)
+    before = copy.deepcopy(target.state_dict())
+    with pytest.raises(error, match=match):
+        target.load_state_dict(bad)
+    assert states_equal(target.state_dict(), before)
+
+
+@pytest.mark.parametrize("cls", [ActiveAdamW, ActiveAdaBelief], ids=["adamw", "adabelief"])
+def test_a_mutated_checkpoint_loads_exactly_or_fails_clearly_and_changes_nothing(cls):
+    _, source = trained(cls, dict(lr=1e-2))
+    good = source.state_dict()
+    every_path = list(paths(good))
+    # torch casts floating state to the parameter's dtype on load by design: no dtype mutations here.
+    kinds = [kind for kind in MUTATIONS if kind != "tensor_dtype"]
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.tuples(st.sampled_from(every_path), st.sampled_from(kinds)), min_size=1, max_size=2))
+    def check(mutations):
+        _, target = trained(cls, dict(lr=1e-2), steps=1)
+        load_exactly_or_fail_cleanly(target, mutated(good, mutations))
+
+    check()

@@ -1,4 +1,6 @@
-import math
+import gc
+import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from autodrop import AutoDrop
 
+from states import states_equal
 from trajectories import PlanarWalk, angle64, flat64, scripted_run
 
 
@@ -203,3 +206,274 @@ def test_after_average_hook_runs_once_per_averaged_drop():
     scheduler = AutoDrop(optimizer, delay=2, after_average=lambda: calls.append(flat64([param])))
     scripted_run(scheduler.step, PlanarWalk(param), [30.0] * 5)
     assert len(calls) == scheduler.num_drops >= 1
+
+
+def drive(walk, scheduler, turns):
+    """One interval per turn: a float turns the walk, "stay" leaves the parameters alone."""
+    for turn in turns:
+        if turn != "stay":
+            walk.move(turn)
+        scheduler.step()
+
+
+def buffers(scheduler):
+    trajectory = scheduler.velocity.trajectory
+    tensors = [b.snapshot for b in trajectory.buckets] + [b.step for b in trajectory.buckets]
+    return [t.clone().view(torch.uint8) for t in tensors + (scheduler.averager.sums or [])]
+
+
+def same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_interval_is_skipped_warned_once_and_touches_no_buffer(bad):
+    param, optimizer, scheduler, walk = planar_setup(delay=4)
+    positions = []
+    for turn in [None, 30.0, 30.0]:  # trigger at interval 3 (k = 1)
+        walk.move(turn)
+        positions.append(param.detach().numpy().copy())
+        scheduler.step()
+    assert scheduler.pending and scheduler.delay_count == 1
+    before, good = buffers(scheduler), param.detach().clone()
+    with pytest.warns(RuntimeWarning, match="NaN or Inf") as caught:
+        for _ in range(2):
+            with torch.no_grad():
+                param[1] = bad
+            scheduler.step()
+    assert len(caught) == 1
+    assert [(r["event"], r["reason"], r["omega"]) for r in scheduler.history[-2:]] == [("skipped", "nonfinite", None)] * 2
+    assert same(buffers(scheduler), before)
+    assert scheduler.delay_count == 1 and optimizer.param_groups[0]["lr"] == 0.1
+
+    # The model is repaired; the window goes on from the last finite snapshot.
+    with torch.no_grad():
+        param.copy_(good)
+    for turn in [30.0, 30.0, 30.0]:
+        walk.move(turn)
+        positions.append(param.detach().numpy().copy())
+        scheduler.step()
+    assert [r["event"] for r in scheduler.history[-3:]] == [None, None, "drop"]
+    assert scheduler.history[-3]["omega"] == pytest.approx(30.0, abs=1e-6)
+    expected = sum(k * positions[1 + k] for k in range(1, 5)) / 10
+    np.testing.assert_allclose(param.detach().numpy(), expected, rtol=1e-12)
+
+
+def test_nonfinite_never_triggers_a_drop_even_with_delay_zero():
+    param, optimizer, scheduler, walk = planar_setup(delay=0, on_nonfinite="skip")
+    drive(walk, scheduler, [None, 30.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "skip" is silent
+        for _ in range(5):
+            with torch.no_grad():
+                param[0] = float("nan")
+            scheduler.step()
+    assert events(scheduler) == [(i, "skipped") for i in range(3, 8)] and scheduler.num_drops == 0
+
+
+def test_on_nonfinite_raise_raises_and_changes_nothing():
+    param, _, scheduler, walk = planar_setup(delay=4, on_nonfinite="raise")
+    drive(walk, scheduler, [None, 30.0, 30.0])
+    before, history = buffers(scheduler), [dict(r) for r in scheduler.history]
+    with torch.no_grad():
+        param[0] = float("inf")
+    with pytest.raises(FloatingPointError, match="interval 4"):
+        scheduler.step()
+    assert same(buffers(scheduler), before) and scheduler.history == history and scheduler.last_epoch == 3
+
+
+def test_zero_step_is_skipped_and_the_next_omega_uses_the_last_nonzero_step():
+    _, _, scheduler, walk = planar_setup(delay=4)
+    with pytest.warns(RuntimeWarning, match="did not move") as caught:
+        drive(walk, scheduler, [None, 20.0, "stay", "stay", 50.0])
+    assert len(caught) == 1
+    assert [(r["event"], r["reason"]) for r in scheduler.history[2:4]] == [("skipped", "zero_step")] * 2
+    assert scheduler.history[4]["omega"] == pytest.approx(50.0, abs=1e-6)
+    assert scheduler.history[4]["delta"] == pytest.approx(30.0, abs=1e-5)  # against omega 20, the last measured
+
+
+def test_lr_zero_run_is_all_skipped_and_never_drops():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    scheduler = AutoDrop(optimizer, delay=0, min_lr=0.0)
+    with pytest.warns(RuntimeWarning, match="did not move"):
+        for _ in range(6):
+            optimizer.zero_grad()
+            model(torch.randn(8, 4)).square().mean().backward()
+            optimizer.step()
+            scheduler.step()
+    assert all(r["reason"] == "zero_step" for r in scheduler.history) and scheduler.num_drops == 0
+
+
+def test_max_history_keeps_the_last_records():
+    _, _, scheduler, walk = planar_setup(delay=2, max_history=3)
+    scripted_run(scheduler.step, walk, [30.0] * 8)
+    assert [r["interval"] for r in scheduler.history] == [7, 8, 9]
+    _, _, restored, _ = planar_setup(delay=2, max_history=3)
+    restored.load_state_dict(scheduler.state_dict())
+    assert restored.history == scheduler.history
+
+
+def test_a_group_added_later_joins_from_the_next_interval_and_counts_as_constant_in_the_window():
+    a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    optimizer = torch.optim.SGD([a], lr=0.1)
+    scheduler = AutoDrop(optimizer, delay=3)
+    walk = PlanarWalk(a)
+    drive(walk, scheduler, [None, 30.0, 30.0])  # trigger at interval 3: k = 1
+    assert scheduler.pending
+    optimizer.add_param_group({"params": [b], "lr": 0.5})
+    with torch.no_grad():
+        b.add_(2.0)  # b trains during interval 4, before it is known
+    walk.move(30.0)
+    scheduler.step()  # interval 4: omega over a only; b joins at its current value, k = 2
+    assert scheduler.history[-1]["omega"] == pytest.approx(30.0, abs=1e-6)
+    assert scheduler.history[-1]["lrs"] == [0.1, 0.5] and scheduler.min_lrs == [1e-4, 1e-4]
+    joined = b.detach().clone()
+    with torch.no_grad():
+        b.add_(1.0)
+    walk.move(30.0)
+    scheduler.step()  # interval 5: k = 3 -> drop; b's average counts it at `joined` for k = 1, 2
+    assert events(scheduler)[-1] == (5, "drop")
+    np.testing.assert_allclose(b.detach().numpy(), ((1 + 2) * joined.numpy() + 3 * (joined.numpy() + 1.0)) / 6)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.02, 0.1])
+
+    # From now on the step includes b; the state loads into a scheduler built on both groups.
+    snapshot = flat64([a, b])
+    walk.move(10.0)
+    with torch.no_grad():
+        b.add_(0.25)
+    scheduler.step()
+    step = flat64([a, b]) - snapshot
+    stats = scheduler.velocity.last_statistics
+    assert stats.norm_sq == pytest.approx(step @ step, rel=1e-12)
+    fresh = AutoDrop(optimizer, delay=3)
+    fresh.load_state_dict(scheduler.state_dict())
+    assert fresh.history == scheduler.history
+
+
+@pytest.mark.filterwarnings("ignore:AutoDrop. the parameters did not move")
+def test_param_group_changes_that_cannot_be_tracked_raise_clear_errors():
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([a], lr=0.1)
+    scheduler = AutoDrop(optimizer, min_lr=[1e-4])
+    optimizer.add_param_group({"params": [b]})
+    with pytest.raises(ValueError, match="append the new groups' floors"):
+        scheduler.step()
+    scheduler.min_lrs.append(1e-5)
+    scheduler.step()
+    assert scheduler.velocity.trajectory.numel == 4
+    optimizer.param_groups.pop(0)
+    with pytest.raises(ValueError, match="no longer in the optimizer"):
+        scheduler.step()
+
+
+def test_empty_optimizer_and_nonfinite_initial_params_are_rejected():
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    optimizer.param_groups[0]["params"] = []
+    with pytest.raises(ValueError, match="no parameters"):
+        AutoDrop(optimizer)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        AutoDrop(torch.optim.SGD([torch.nn.Parameter(torch.tensor([1.0, float("nan")]))], lr=0.1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"factor": 1.5}, ValueError, r"factor must be in \(0, 1\), got 1.5"),
+        ({"min_lr": [1e-4, -1.0]}, ValueError, r"min_lr has 2 values, the optimizer has 1"),
+        ({"min_lr": [-1.0]}, ValueError, r"min_lr\[0\] must be >= 0, got -1.0"),
+        ({"min_lr": "1e-4"}, TypeError, r"min_lr must be a real number"),
+        ({"threshold": float("inf")}, ValueError, r"threshold must be > 0, got inf"),
+        ({"max_threshold": 0.001}, ValueError, r"max_threshold must be >= threshold \(0.01\), got 0.001"),
+        ({"delay": -2}, ValueError, r"delay must be an int >= 0, got -2"),
+        ({"window": 1.0}, TypeError, r"window must be an int >= 1, got 1.0"),
+        ({"eps": float("nan")}, ValueError, r"eps must be > 0, got nan"),
+        ({"eps": "1e-8"}, TypeError, r"eps must be a real number"),
+        ({"snapshot_device": 3}, TypeError, r"snapshot_device must be None, a str or a torch.device, got 3"),
+        ({"after_average": 3}, TypeError, r"after_average must be callable or None, got 3"),
+        ({"on_nonfinite": "ignore"}, ValueError, r"on_nonfinite must be one of 'warn', 'skip', 'raise', got 'ignore'"),
+        ({"max_history": 0}, ValueError, r"max_history must be an int >= 1, got 0"),
+        ({"max_history": 2.0}, TypeError, r"max_history must be an int >= 1, got 2.0"),
+    ],
+)
+def test_every_argument_error_names_argument_value_and_allowed_range(kwargs, error, message):
+    param = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(error, match=message):
+        AutoDrop(torch.optim.SGD([param], lr=0.1), **kwargs)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        AutoDrop([param])
+
+
+def test_a_drop_never_raises_an_lr_below_its_floor():
+    param, optimizer, scheduler, walk = planar_setup(lr=1e-5, delay=0, min_lr=1e-4)
+    scripted_run(scheduler.step, walk, [30.0] * 3)
+    assert scheduler.num_drops >= 1 and optimizer.param_groups[0]["lr"] == 1e-5
+
+
+def test_failed_load_names_the_problem_and_leaves_the_scheduler_exactly_as_before():
+    _, _, scheduler, walk = planar_setup(delay=5)
+    scripted_run(scheduler.step, walk, [30.0, 30.0, 31.0])
+    good = scheduler.state_dict()
+    _, _, target, target_walk = planar_setup(delay=5)
+    scripted_run(target.step, target_walk, [10.0, 80.0])
+    before = target.state_dict()
+    cases = [
+        ({**good, "version": 99}, ValueError, "version 99"),
+        ({k: v for k, v in good.items() if k != "detector"}, KeyError, "lacks \\['detector'\\]"),
+        ({**good, "min_lrs": [1e-4, 1e-4]}, ValueError, "2 values, the optimizer has 1"),
+        ({**good, "delay": "5"}, TypeError, "state\\['delay'\\]"),
+        ({**good, "history": good["history"][1:]}, ValueError, "one per step"),
+        ({**good, "averaging": {**good["averaging"], "sums": [torch.zeros(3, dtype=torch.float64)]}},
+         ValueError, r"sums'\]\[0\] is \(3,\) torch.float64, the current parameters need \(2,\) torch.float64"),
+        ({**good, "averaging": {**good["averaging"], "sums": [torch.full((2,), float("nan"), dtype=torch.float64)]}},
+         ValueError, "NaN or Inf"),
+        ({**good, "pending": False}, ValueError, "delay_count"),
+    ]
+    for state, error, message in cases:
+        with pytest.raises(error, match=message):
+            target.load_state_dict(state)
+        assert states_equal(target.state_dict(), before)
+
+
+def test_ten_thousand_intervals_keep_memory_flat_with_a_history_cap():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = AutoDrop(optimizer, threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
+    generator = torch.Generator().manual_seed(0)
+    buffer_bytes = scheduler.velocity.trajectory.buffer_bytes()
+    marks = {}
+    for interval in range(1, 10_001):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=generator))
+        scheduler.step()
+        if interval in (1_000, 10_000):
+            gc.collect()
+            marks[interval] = (len(gc.get_objects()), len(pickle.dumps(scheduler.state_dict())))
+    assert scheduler.num_drops > 100  # the averaging window opened and closed many times
+    assert len(scheduler.history) == 100 and scheduler.history[-1]["interval"] == 10_000
+    assert scheduler.velocity.trajectory.buffer_bytes() == buffer_bytes
+    (objects_before, state_before), (objects_after, state_after) = marks[1_000], marks[10_000]
+    assert objects_after - objects_before < 50  # no Python object (tensor, record, list) accumulates
+    assert abs(state_after - state_before) < 1_000  # the retained state does not grow
+
+
+def test_a_nonfinite_newcomer_waits_until_it_is_finite():
+    a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.full((3,), float("nan"), dtype=torch.float64))
+    optimizer = torch.optim.SGD([a], lr=0.1)
+    scheduler = AutoDrop(optimizer, delay=3)
+    walk = PlanarWalk(a)
+    drive(walk, scheduler, [None, 30.0])
+    optimizer.add_param_group({"params": [b]})
+    drive(walk, scheduler, [30.0])
+    assert scheduler.velocity.trajectory.numel == 2
+    with torch.no_grad():
+        b.fill_(1.0)
+    drive(walk, scheduler, [30.0])
+    assert scheduler.velocity.trajectory.numel == 5 and scheduler.base_lrs == [0.1, 0.1]

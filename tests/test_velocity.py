@@ -79,3 +79,42 @@ def test_angle_degrees_matches_formula():
     assert angle_degrees(-4.0, 4.0, 4.0, 0.0) == pytest.approx(180.0)
     # eps enters the denominator exactly as in the paper
     assert angle_degrees(1.0, 1.0, 1.0, 1.0) == pytest.approx(math.degrees(math.acos(0.5)))
+
+
+def unit(v):
+    return v / np.linalg.norm(v)
+
+
+@pytest.mark.parametrize(
+    "angle, first_norm, second_norm",
+    [
+        (5e-4, 1.0, 1.0),
+        (1e-4, 1e3, 1e3),  # eps negligible: the angle itself is tiny
+        (5e-4, 1e-3, 1e3),  # norms 1e6x apart (small first: fp32 positions can still hold it)
+        (30.0, 1e-3, 1e3),
+        (179.9995, 1.0, 1.0),
+        (179.9999, 1e3, 1e3),
+        (179.9995, 1e-3, 1e3),
+    ],
+)
+def test_omega_near_0_and_180_and_across_scales_matches_float64_within_1e_3_degree(angle, first_norm, second_norm):
+    # 200k fp32 elements over several tensors: fp32 dot products would miss by ~0.03 degree here.
+    # The first (tiny, random) step only makes omega defined at the third measurement.
+    rng = np.random.default_rng(0)
+    u, w = rng.standard_normal(200_000), rng.standard_normal(200_000)
+    w = unit(w - (w @ unit(u)) * unit(u))
+    turn = math.radians(angle)
+    steps = [first_norm * unit(u), second_norm * (math.cos(turn) * unit(u) + math.sin(turn) * w)]
+    flat = torch.zeros(200_000, dtype=torch.float32)
+    params = list(flat.split([120_000, 50_000, 29_999, 1]))
+    velocity = AngularVelocity(params)
+    positions = [flat64(params)]
+    with torch.no_grad():
+        for step in [1e-7 * rng.standard_normal(200_000), *steps]:
+            flat.add_(torch.from_numpy(step).float())
+            positions.append(flat64(params))
+            omega = velocity.update()
+    realised = np.diff(np.stack(positions), axis=0)
+    reference = angle64(realised[2], realised[1])
+    assert abs(omega - reference) < 1e-3
+    assert abs(reference - angle) < 0.05  # the realised fp32 steps keep the intended geometry (eps included)

@@ -27,7 +27,7 @@ kernels and state), and the rule rescales what they did; AdaBelief is ours
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from torch.optim import SGD, AdamW, RAdam
 from torch.optim.optimizer import ParamsT
 
 from .adabelief import AdaBelief
-from .scheduler import _check_int, _check_real
+from .checks import check_int, check_keys, check_list, check_real
 
 __all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
 
@@ -49,6 +49,10 @@ ACTIVE_PRESETS: dict[str, dict[str, float]] = {
     "final_sgd": {"lr_high": 0.1, "lr_low": 0.9},  # the final published SGD
     "first_adamw": {"lr_high": 0.05, "lr_low": 0.95},  # the earliest AdamW file
 }
+
+_RULE_STATE = ("multiplier", "grad_sum", "grad_sign")
+# Group keys a checkpoint may lack: set by schedulers or by torch for its own bookkeeping.
+_BOOKKEEPING_KEYS = {"initial_lr", "param_names"}
 
 _ARGS_DOC = """
     ActiveLR arguments (keyword-only; each is also a param-group key, so groups may differ):
@@ -80,15 +84,62 @@ def _check_active_args(suffix: str, values: dict[str, Any]) -> None:
 
     steps = values["steps_per_epoch"]
     if steps is not None:
-        _check_int(name("steps_per_epoch"), steps, 1)
-    _check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0)
-    _check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1)
+        check_int(name("steps_per_epoch"), steps, 1)
+    check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0)
+    check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1)
     if values["max_multiplier"] is not None:
-        _check_real(name("max_multiplier"), values["max_multiplier"], ">= 1 or None", lambda v: v >= 1)
+        check_real(name("max_multiplier"), values["max_multiplier"], ">= 1 or None", lambda v: v >= 1)
     if values["min_multiplier"] is not None:
-        _check_real(name("min_multiplier"), values["min_multiplier"], "in (0, 1] or None", lambda v: 0 < v <= 1)
+        check_real(name("min_multiplier"), values["min_multiplier"], "in (0, 1] or None", lambda v: 0 < v <= 1)
     if "scale_weight_decay" in values and not isinstance(values["scale_weight_decay"], bool):
         raise TypeError(f"{name('scale_weight_decay')} must be a bool, got {values['scale_weight_decay']!r}")
+
+
+def _check_like(name: str, value: Any, current: Any) -> None:
+    """A saved hyper-parameter has the kind of the current one, and numbers are finite."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    elif current is None:
+        if not (value is None or isinstance(value, bool)):
+            raise TypeError(f"{name} must be a bool or None, got {value!r}")
+    elif isinstance(current, (int, float, Tensor)):
+        number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+        check_real(name, number, "a finite number", lambda v: True)
+    elif isinstance(current, (tuple, list)):
+        for index, (item, reference) in enumerate(zip(check_list(name, value, len(current)), current)):
+            _check_like(f"{name}[{index}]", item, reference)
+    elif type(value) is not type(current):
+        raise TypeError(f"{name} must be a {type(current).__name__}, got {value!r}")
+
+
+def _check_param_state(where: str, state: Any, param: Tensor) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(state).__name__}")
+    present = [key for key in _RULE_STATE if key in state]
+    if present and len(present) != len(_RULE_STATE):
+        absent = [key for key in _RULE_STATE if key not in state]
+        raise KeyError(f"{where} has {present} but lacks {absent} (the rule's state is all or nothing)")
+    for key, value in state.items():
+        name = f"{where}[{key!r}]"
+        if key == "step":
+            count = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+            if isinstance(count, bool) or not isinstance(count, (int, float)):
+                raise TypeError(f"{name} must be a step count (a number or a one-element tensor), got {value!r}")
+            check_real(name, count, "a whole number >= 0", lambda v: v >= 0 and float(v).is_integer())
+            continue
+        if value is None and key not in _RULE_STATE:
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor or None, got {type(value).__name__}")
+        if value.shape != param.shape:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}, the parameter has {tuple(param.shape)}")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+        if key == "multiplier" and not bool((value > 0).all()):
+            raise ValueError(f"{name} must be > 0 everywhere (g starts at 1 and is only raised or scaled)")
+        if key == "grad_sign" and not bool(((value == -1) | (value == 0) | (value == 1)).all()):
+            raise ValueError(f"{name} must hold signs in {{-1, 0, 1}}")
 
 
 class ActiveLR:
@@ -277,9 +328,68 @@ class ActiveLR:
         group["epoch"] += 1
         return True
 
+    def check_state(self, state_dict: Any) -> None:
+        """Raise ``ValueError``/``TypeError``/``KeyError`` naming what in ``state_dict`` does not fit; changes nothing.
+
+        Checks the param groups (their number and sizes, that every hyper-parameter
+        of the current groups is there, ``lr``, every ActiveLR key and the epoch
+        position) and, per parameter, that the rule's three tensors
+        are all there or all absent, shaped like the parameter and finite, with
+        multipliers ``> 0`` and signs in {-1, 0, 1}, and that the base's state (its
+        moments and step count) is finite, shaped like the parameter, and counts
+        ``>= 0``. torch itself checks only the group sizes.
+        """
+        check_keys("optimizer state", state_dict, ("state", "param_groups"))
+        saved_groups = check_list("state['param_groups']", state_dict["param_groups"], len(self.param_groups))
+        saved_state = state_dict["state"]
+        if not isinstance(saved_state, Mapping):
+            raise TypeError(f"state['state'] must be a dict, got {type(saved_state).__name__}")
+        seen: set[int | str] = set()
+        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            where = f"state['param_groups'][{index}]"
+            if not isinstance(saved, Mapping):
+                raise TypeError(f"{where} must be a dict, got {type(saved).__name__}")
+            # torch fills a missing hyper-parameter with its default (amsgrad=False, ...): require them all
+            required = (set(group) | set(self._active_defaults)) - _BOOKKEEPING_KEYS
+            missing = sorted(key for key in required if key not in saved)
+            if missing:
+                raise KeyError(f"{where} lacks {missing}")
+            _check_active_args(f" of saved param group {index}", saved)
+            check_int(f"{where}['epoch_steps']", saved["epoch_steps"], 0)
+            check_int(f"{where}['epoch']", saved["epoch"], 0)
+            if not isinstance(saved["lr"], Tensor):
+                check_real(f"{where}['lr']", saved["lr"], ">= 0", lambda v: v >= 0)
+            for key, current in group.items():
+                if key != "params" and key not in _BOOKKEEPING_KEYS:
+                    _check_like(f"{where}[{key!r}]", saved[key], current)
+            keys = check_list(f"{where}['params']", saved["params"], len(group["params"]))
+            for position, (param, key) in enumerate(zip(group["params"], keys)):
+                if isinstance(key, bool) or not isinstance(key, (int, str)) or key in seen:
+                    raise ValueError(f"{where}['params'][{position}] must be a unique parameter index, got {key!r}")
+                seen.add(key)
+                if key in saved_state:
+                    _check_param_state(f"state['state'][{key!r}]", saved_state[key], param)
+        unknown = [key for key in saved_state if key not in seen]
+        if unknown:
+            raise ValueError(f"state['state'] has entries {unknown!r} for no parameter of the param groups")
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state from :meth:`state_dict`, the multipliers, sums and epoch positions included."""
-        super().load_state_dict(state_dict)  # type: ignore[misc]
+        """Load a state from :meth:`state_dict`, the multipliers, sums and epoch positions included.
+
+        The whole state is checked first (:meth:`check_state`); a bad one raises and
+        changes nothing, also when the base optimizer's own loading fails halfway.
+        """
+        self.check_state(state_dict)
+        previous = self.state, self.param_groups
+        try:
+            super().load_state_dict(state_dict)  # type: ignore[misc]
+        except Exception as error:
+            # torch assigns the new state before the base's __setstate__ checks it
+            self.state, self.param_groups = previous
+            raise ValueError(
+                f"{type(self).__name__} could not load the state: the base optimizer raised {error!r}; "
+                "the optimizer is unchanged"
+            ) from error
         # torch casts every floating state tensor to the parameter's dtype; the signs stay int8
         for state in self.state.values():
             if "grad_sign" in state:

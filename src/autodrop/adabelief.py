@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from .scheduler import _check_real
+from .checks import check_real
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -115,13 +115,13 @@ class AdaBelief(Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        _check_real("lr", lr, ">= 0", lambda v: v >= 0)
+        check_real("lr", lr, ">= 0", lambda v: v >= 0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         for index, beta in enumerate(betas):
-            _check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1)
-        _check_real("eps", eps, ">= 0", lambda v: v >= 0)
-        _check_real("weight_decay", weight_decay, ">= 0", lambda v: v >= 0)
+            check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1)
+        check_real("eps", eps, ">= 0", lambda v: v >= 0)
+        check_real("weight_decay", weight_decay, ">= 0", lambda v: v >= 0)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),

@@ -11,9 +11,12 @@ buffer, only inside the window), never a list of copies.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from .checks import check_keys, check_real, check_tensors_like
 from .geometry import ParameterTrajectory
 
 __all__ = ["WeightedAverage"]
@@ -59,6 +62,23 @@ class WeightedAverage:
         self.trajectory.rebase()
         self.discard()
 
+    @torch.no_grad()
+    def retrack(self, previous_sums: dict[int, Tensor]) -> None:
+        """Re-lay the open window's sums after ``trajectory.retrack``.
+
+        ``previous_sums`` maps ``id(param)`` to its sum in the old layout
+        (``trajectory.views_by_param(sums)`` taken before the retrack). A tensor
+        that joined counts as having stayed at its snapshot for the whole window
+        so far, i.e. its sum is ``total_weight * snapshot``.
+        """
+        snapshots = self.trajectory.views_by_param(self.trajectory.snapshots())
+        self.sums = [torch.empty_like(s) for s in self.trajectory.snapshots()]
+        for key, view in self.trajectory.views_by_param(self.sums).items():
+            if key in previous_sums:
+                view.copy_(previous_sums[key])
+            else:
+                torch.mul(snapshots[key], self.total_weight, out=view)
+
     def discard(self) -> None:
         """Close the window without touching the parameters."""
         self.sums = None
@@ -71,14 +91,23 @@ class WeightedAverage:
         sums = [s.clone() for s in self.sums] if self.sums is not None else None
         return {"sums": sums, "total_weight": self.total_weight}
 
+    def check_state(self, state: Any, name: str = "averaging state") -> None:
+        """Raise if ``state`` does not fit the trajectory's buffers; changes nothing."""
+        check_keys(name, state, ("sums", "total_weight"))
+        total = check_real(f"{name}['total_weight']", state["total_weight"], ">= 0", lambda v: v >= 0)
+        if state["sums"] is None:
+            if total != 0:
+                raise ValueError(f"{name}['total_weight'] is {total!r} but there are no sums (expected 0)")
+            return
+        if total == 0:
+            raise ValueError(f"{name}['total_weight'] is 0 but sums are present (an open window has weight > 0)")
+        check_tensors_like(f"{name}['sums']", state["sums"], self.trajectory.snapshots())
+
     def load_state_dict(self, state: dict) -> None:
+        """Check ``state`` completely (:meth:`check_state`), then apply it."""
+        self.check_state(state)
         if state["sums"] is None:
             self.discard()
             return
-        snapshots = self.trajectory.snapshots()
-        if len(state["sums"]) != len(snapshots) or any(
-            s.shape != t.shape or s.dtype != t.dtype for s, t in zip(state["sums"], snapshots)
-        ):
-            raise ValueError("averaging sums do not match the parameters' buckets (shape or dtype)")
-        self.sums = [s.to(t.device).clone() for s, t in zip(state["sums"], snapshots)]
+        self.sums = [s.to(t.device).clone() for s, t in zip(state["sums"], self.trajectory.snapshots())]
         self.total_weight = float(state["total_weight"])

@@ -67,7 +67,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .scheduler import AutoDrop, _check_int
+from .checks import check_int
+from .scheduler import AutoDrop
 from .velocity import angle_degrees
 
 __all__ = [
@@ -134,7 +135,7 @@ class NoisyQuadratic:
     @classmethod
     def paper(cls, dimension: int = 200, start: float = 100.0) -> NoisyQuadratic:
         """The paper's setting: ``A = diag(1/10, ..., dimension/10)``, ``Sigma = A``, ``x_0 = start * 1``."""
-        _check_int("dimension", dimension, 1)
+        check_int("dimension", dimension, 1)
         curvature = torch.arange(1, dimension + 1, dtype=torch.float64) / 10
         return cls(curvature, curvature.clone(), torch.full((dimension,), float(start), dtype=torch.float64))
 
@@ -259,7 +260,7 @@ def simulate_fixed_lr(
         >>> abs(run.saturation_angle()[0] - NoisyQuadratic.paper().predicted_angle(0.06)) < 1
         True
     """
-    _check_int("iterations", iterations, 2)
+    check_int("iterations", iterations, 2)
     for lr in learning_rates:
         problem.check_stable(lr, momentum)
     generator = torch.Generator().manual_seed(seed)
@@ -296,7 +297,7 @@ def simulate_fixed_lr(
 
 def window_mean(values: Tensor, window: int) -> Tensor:
     """Trailing mean over ``window`` entries along dim 0; NaN where fewer than ``window`` exist."""
-    _check_int("window", window, 1)
+    check_int("window", window, 1)
     sums = torch.cat([torch.zeros_like(values[:1]), values.cumsum(0)])
     means = (sums[window:] - sums[:-window]) / window
     head = torch.full((min(window - 1, len(values)),) + tuple(values.shape[1:]), math.nan, dtype=values.dtype)
@@ -364,7 +365,7 @@ def run_autodrop(
         >>> [lr for _, lr in run.drops][:2]
         [0.03, 0.015]
     """
-    _check_int("iterations", iterations, 1)
+    check_int("iterations", iterations, 1)
     problem.check_stable(lr, momentum)
     generator = torch.Generator().manual_seed(seed)
     x = torch.nn.Parameter(problem.start.clone())

@@ -10,13 +10,15 @@ Once per measurement interval (an epoch by default):
    lr := max(alpha_min, rho lr); theta := min(theta_max, theta / rho);
    with n_d = 0 the drop happens at the trigger with no averaging;
 5. the next step is measured from the averaged parameters.
+
+An interval whose step is not finite or zero is skipped: it is recorded, and
+nothing else happens (see :class:`AutoDrop`, "Faults").
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from numbers import Integral, Real
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,28 +27,33 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .averaging import WeightedAverage
+from .checks import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_keys,
+    check_list,
+    check_optional_real,
+    check_real,
+)
 from .detector import SaturationDetector
+from .distributed import local_tensor
+from .geometry import NONFINITE, ZERO_STEP
 from .velocity import AngularVelocity
 
 __all__ = ["AutoDrop"]
 
 STATE_VERSION = 1
-
-
-def _check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number ({allowed}), got {value!r}")
-    if not (math.isfinite(value) and ok(float(value))):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+ON_NONFINITE = ("warn", "skip", "raise")
+EVENTS = (None, "trigger", "drop", "skipped")
+REASONS = (NONFINITE, ZERO_STEP)
+STATE_KEYS = (
+    "version", "factor", "min_lrs", "min_lr_per_group", "max_threshold", "delay", "average", "window",
+    "on_nonfinite", "max_history", "base_lrs", "last_epoch", "step_count", "last_lr", "pending",
+    "delay_count", "num_drops", "history", "detector", "velocity", "averaging",
+)
+RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
 
 def _set_lr(group: dict, lr: float) -> None:
@@ -67,7 +74,8 @@ class AutoDrop(LRScheduler):
     (the trigger's included) accumulate :math:`z = \sum_{k=1}^{n_d} k\,x_k`, and at
     the :math:`n_d`-th the parameters become :math:`z / (n_d(n_d+1)/2)`, every
     group's LR becomes :math:`\max(\alpha_{min}, \rho\,\mathrm{lr})` and
-    :math:`\theta \leftarrow \min(\theta_{max}, \theta / \rho)`.
+    :math:`\theta \leftarrow \min(\theta_{max}, \theta / \rho)` (a group already
+    below its floor keeps its LR: a drop never raises an LR).
 
     Args:
         optimizer: any ``torch.optim.Optimizer``; all its param groups are
@@ -95,10 +103,35 @@ class AutoDrop(LRScheduler):
             is initialized. DDP and FSDP2/DTensor parameters need nothing: every
             rank takes the same decision, identical to a single process's (see
             :mod:`autodrop.distributed`). Every rank must call :meth:`step`.
+        on_nonfinite: what a step with NaN/Inf parameters does: ``"warn"``
+            (default) skips the interval and warns once, ``"skip"`` skips it
+            silently, ``"raise"`` raises ``FloatingPointError`` with nothing changed.
+        max_history: keep only the last ``max_history`` records in
+            :attr:`history` (an int ``>= 1``); ``None`` (default) keeps one per
+            ``step()`` forever, about 0.4 kB each.
 
     Parameters the optimizer does not move in an interval (frozen, or no
     gradient) simply contribute a zero step. Memory: two parameter-sized buffers
     (in at least fp32), a third inside the delay window.
+
+    Faults: an interval whose step contains NaN/Inf (``"nonfinite"``), or whose
+    parameters did not move at all (``"zero_step"``: everything frozen, lr 0),
+    is skipped: its history record has ``event="skipped"`` and the ``reason``;
+    it cannot trigger or drop, the snapshot, the previous step and the
+    averaging sum stay exactly as they were, a pending drop's countdown does not
+    advance, and the next interval is measured from the last good snapshot
+    against the last nonzero step. Each reason warns once per scheduler
+    (``on_nonfinite`` governs the NaN/Inf case; a zero step always just warns).
+
+    Param-group changes: parameters added to the optimizer after construction
+    (``optimizer.add_param_group``, e.g. unfreezing for fine-tuning) are tracked
+    from the next interval on: the interval in which they appear is measured over
+    the old parameters only, then they join with their current value as snapshot
+    and a zero previous step, and inside an open delay window they count as
+    having stayed at that value. A new group's floor is ``min_lr`` when that was
+    one float; when it was a list, append the new group's floor to
+    :attr:`min_lrs` before the next ``step()``. Removing parameters raises
+    ``ValueError`` at the next ``step()``.
 
     Example:
         >>> model = torch.nn.Linear(8, 2)
@@ -128,34 +161,31 @@ class AutoDrop(LRScheduler):
         snapshot_device: torch.device | str | None = None,
         after_average: Callable[[], None] | None = None,
         process_group: Any = None,
+        on_nonfinite: str = "warn",
+        max_history: int | None = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.factor = _check_real("factor", factor, "in (0, 1)", lambda v: 0 < v < 1)
+        self.factor = check_real("factor", factor, "in (0, 1)", lambda v: 0 < v < 1)
+        self.min_lr_per_group = isinstance(min_lr, (list, tuple))
         self.min_lrs = self._check_min_lr(min_lr)
-        threshold = _check_real("threshold", threshold, "> 0", lambda v: v > 0)
-        max_threshold = _check_real(
-            "max_threshold", max_threshold, f">= threshold ({threshold})", lambda v: v >= threshold
-        )
-        self.delay = _check_int("delay", delay, 0)
-        if not isinstance(average, bool):
-            raise TypeError(f"average must be a bool, got {average!r}")
-        self.average = average
-        window = _check_int("window", window, 1)
-        eps = _check_real("eps", eps, "> 0", lambda v: v > 0)
+        self.detector = SaturationDetector(threshold, max_threshold, window)
+        self.delay = check_int("delay", delay, 0)
+        self.average = check_bool("average", average)
+        eps = check_real("eps", eps, "> 0", lambda v: v > 0)
+        snapshot_device = check_device("snapshot_device", snapshot_device)
         if after_average is not None and not callable(after_average):
             raise TypeError(f"after_average must be callable or None, got {after_average!r}")
         self.after_average = after_average
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
+        self.max_history = None if max_history is None else check_int("max_history", max_history, 1)
 
         self.velocity = AngularVelocity(
-            self._optimizer_params(),
-            eps=eps,
-            snapshot_device=self._check_device(snapshot_device),
-            process_group=process_group,
+            self._optimizer_params(), eps=eps, snapshot_device=snapshot_device, process_group=process_group
         )
-        self.detector = SaturationDetector(threshold, max_threshold, window)
         self.averager = WeightedAverage(self.velocity.trajectory)
+        self._warned: set[str] = set()
 
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -175,19 +205,8 @@ class AutoDrop(LRScheduler):
                 raise ValueError(
                     f"min_lr has {len(min_lr)} values, the optimizer has {num_groups} param groups"
                 )
-            return [_check_real(f"min_lr[{i}]", v, ">= 0", lambda v: v >= 0) for i, v in enumerate(min_lr)]
-        return [_check_real("min_lr", min_lr, ">= 0", lambda v: v >= 0)] * num_groups
-
-    @staticmethod
-    def _check_device(device: torch.device | str | None) -> torch.device | None:
-        if device is None or isinstance(device, torch.device):
-            return device
-        if not isinstance(device, str):
-            raise TypeError(f"snapshot_device must be None, a str or a torch.device, got {device!r}")
-        try:
-            return torch.device(device)
-        except RuntimeError as error:
-            raise ValueError(f"snapshot_device {device!r} is not a valid device: {error}") from None
+            return [check_real(f"min_lr[{i}]", v, ">= 0", lambda v: v >= 0) for i, v in enumerate(min_lr)]
+        return [check_real("min_lr", min_lr, ">= 0", lambda v: v >= 0)] * num_groups
 
     def _optimizer_params(self) -> list[Tensor]:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -210,6 +229,14 @@ class AutoDrop(LRScheduler):
         """Current threshold theta on the change of omega, degrees."""
         return self.detector.threshold
 
+    def buffer_bytes(self) -> int:
+        """Bytes of the tensors AutoDrop holds: snapshot and step, plus the sum in the window.
+
+        ``2 P e_b`` outside the delay window and ``3 P e_b`` inside, for P parameters
+        with buffer element size ``e_b = max(4, parameter element size)`` per bucket.
+        """
+        return self.velocity.trajectory.buffer_bytes() + self.averager.buffer_bytes()
+
     def get_lr(self) -> list[float]:
         """The optimizer's current LRs (AutoDrop changes them only in :meth:`step`)."""
         return self._current_lrs()
@@ -222,11 +249,42 @@ class AutoDrop(LRScheduler):
         """
         if epoch is not None:
             raise ValueError(f"epoch must be None (AutoDrop cannot jump to an interval), got {epoch!r}")
+        params = self._changed_params()
+        omega = self.velocity.update()
+        fault = self.velocity.last_statistics.fault
+        if fault == NONFINITE and self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"AutoDrop: the parameters contain NaN or Inf at interval {self.last_epoch + 1} "
+                "(on_nonfinite='raise'); the scheduler's state is unchanged"
+            )
+        if params is not None:
+            self._track(params)
         self._step_count += 1
         self.last_epoch += 1
-        omega = self.velocity.update()
-        delta = self.detector.observe(omega) if omega is not None else None
+        if fault is None:
+            delta, event = self._decide(omega)
+        else:
+            delta, event = None, "skipped"
+            self._warn_once(fault)
 
+        self._last_lr = self._current_lrs()
+        self.history.append(
+            {
+                "interval": self.last_epoch,
+                "omega": omega,
+                "delta": delta,
+                "threshold": self.detector.threshold,
+                "lrs": list(self._last_lr),
+                "event": event,
+                "reason": fault,
+            }
+        )
+        if self.max_history is not None and len(self.history) > self.max_history:
+            del self.history[: len(self.history) - self.max_history]
+
+    def _decide(self, omega: float | None) -> tuple[float | None, str | None]:
+        """Algorithm 1's trigger, delay window and drop for one measured interval."""
+        delta = self.detector.observe(omega) if omega is not None else None
         event = None
         if not self.pending and self.detector.saturated(delta):
             self.pending, self.delay_count, event = True, 0, "trigger"
@@ -240,18 +298,66 @@ class AutoDrop(LRScheduler):
             if self.delay_count == self.delay:
                 self._drop()
                 event = "drop"
+        return delta, event
 
-        self._last_lr = self._current_lrs()
-        self.history.append(
-            {
-                "interval": self.last_epoch,
-                "omega": omega,
-                "delta": delta,
-                "threshold": self.detector.threshold,
-                "lrs": list(self._last_lr),
-                "event": event,
-            }
-        )
+    def _warn_once(self, fault: str) -> None:
+        if fault in self._warned or (fault == NONFINITE and self.on_nonfinite == "skip"):
+            return
+        self._warned.add(fault)
+        if fault == NONFINITE:
+            message = (
+                f"AutoDrop: the parameters contain NaN or Inf at interval {self.last_epoch}; the interval "
+                "is skipped (no trigger or drop, snapshots and averaging untouched, the next finite "
+                "interval is measured from the last finite snapshot). on_nonfinite='raise' raises instead."
+            )
+        else:
+            message = (
+                f"AutoDrop: the parameters did not move in interval {self.last_epoch} (all frozen, no "
+                "gradients, or lr 0); the interval is skipped and the next step is compared with the "
+                "last nonzero one."
+            )
+        warnings.warn(message + " This warning is shown once per scheduler.", RuntimeWarning, stacklevel=3)
+
+    def _changed_params(self) -> list[Tensor] | None:
+        """The optimizer's parameters if they differ from the tracked ones, else None.
+
+        Raises ``ValueError`` (before anything changes) when tracked parameters
+        were removed, or when a group was added and ``min_lr`` was given per group
+        without a floor for it.
+        """
+        params = self._optimizer_params()
+        tracked = self.velocity.trajectory.params
+        if len(params) == len(tracked) and all(a is b for a, b in zip(params, tracked)):
+            return None
+        present = {id(p) for p in params}
+        removed = sum(id(p) not in present for p in tracked)
+        if removed:
+            raise ValueError(
+                f"{removed} parameter(s) measured by AutoDrop are no longer in the optimizer's param "
+                "groups; removing parameters is not supported (build a new AutoDrop)"
+            )
+        groups = len(self.optimizer.param_groups)
+        if self.min_lr_per_group and len(self.min_lrs) != groups:
+            raise ValueError(
+                f"the optimizer now has {groups} param groups but min_lrs has {len(self.min_lrs)} floors "
+                "(min_lr was given per group): append the new groups' floors to scheduler.min_lrs"
+            )
+        return params
+
+    def _track(self, params: list[Tensor]) -> None:
+        """Measure the optimizer's new parameter list from the next interval on."""
+        trajectory = self.velocity.trajectory
+        known = {id(p) for p in trajectory.params}
+        if not all(bool(torch.isfinite(local_tensor(p)).all()) for p in params if id(p) not in known):
+            return  # a non-finite newcomer would poison the snapshot; it is tried again next interval
+        sums = trajectory.views_by_param(self.averager.sums) if self.averager.active else None
+        trajectory.retrack(params)
+        if sums is not None:
+            self.averager.retrack(sums)
+        for group in self.optimizer.param_groups[len(self.base_lrs) :]:
+            group.setdefault("initial_lr", group["lr"])
+            self.base_lrs.append(group["initial_lr"])
+        self.min_lrs.extend(self.min_lrs[:1] * (len(self.base_lrs) - len(self.min_lrs)))
 
     def _drop(self) -> None:
         if self.averager.active:
@@ -259,7 +365,9 @@ class AutoDrop(LRScheduler):
             if self.after_average is not None:
                 self.after_average()
         for group, floor in zip(self.optimizer.param_groups, self.min_lrs, strict=True):
-            _set_lr(group, max(floor, self.factor * float(group["lr"])))
+            lr = float(group["lr"])
+            # A group that starts below its floor keeps its LR: a drop never raises one.
+            _set_lr(group, min(lr, max(floor, self.factor * lr)))
         self.detector.grow_threshold(self.factor)
         self.pending = False
         self.delay_count = 0
@@ -276,10 +384,13 @@ class AutoDrop(LRScheduler):
             "version": STATE_VERSION,
             "factor": self.factor,
             "min_lrs": list(self.min_lrs),
+            "min_lr_per_group": self.min_lr_per_group,
             "max_threshold": self.detector.max_threshold,
             "delay": self.delay,
             "average": self.average,
             "window": self.detector.window,
+            "on_nonfinite": self.on_nonfinite,
+            "max_history": self.max_history,
             "base_lrs": list(self.base_lrs),
             "last_epoch": self.last_epoch,
             "step_count": self._step_count,
@@ -293,25 +404,107 @@ class AutoDrop(LRScheduler):
             "averaging": self.averager.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (hyper-parameters included, as torch does)."""
-        version = state_dict.get("version")
-        if version != STATE_VERSION:
+    def check_state(self, state: Any) -> None:
+        """Raise a ``ValueError``, ``TypeError`` or ``KeyError`` naming what in ``state`` is wrong.
+
+        Checks the version, every key and type, the ranges, the counters against
+        each other, every history record, and every tensor's shape and dtype
+        against the current parameters (and that it is finite). Changes nothing.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"AutoDrop state must be a dict, got {type(state).__name__}")
+        version = state.get("version")
+        if type(version) is not int or version != STATE_VERSION:
             raise ValueError(f"AutoDrop state version {version!r} is not supported (expected {STATE_VERSION})")
-        if len(state_dict["min_lrs"]) != len(self.optimizer.param_groups):
+        check_keys("AutoDrop state", state, STATE_KEYS)
+
+        def name(key: str) -> str:
+            return f"state[{key!r}]"
+
+        groups = len(self.optimizer.param_groups)
+        check_real(name("factor"), state["factor"], "in (0, 1)", lambda v: 0 < v < 1)
+        for key in ("min_lrs", "base_lrs", "last_lr"):
+            values = check_list(name(key), state[key])
+            if len(values) != groups:
+                raise ValueError(f"{name(key)} has {len(values)} values, the optimizer has {groups} param groups")
+            for index, value in enumerate(values):
+                check_real(f"{name(key)}[{index}]", value, ">= 0", lambda v: v >= 0)
+        for key in ("min_lr_per_group", "average", "pending"):
+            check_bool(name(key), state[key])
+        max_threshold = check_real(name("max_threshold"), state["max_threshold"], "> 0", lambda v: v > 0)
+        delay = check_int(name("delay"), state["delay"], 0)
+        window = check_int(name("window"), state["window"], 1)
+        check_choice(name("on_nonfinite"), state["on_nonfinite"], ON_NONFINITE)
+        max_history = None if state["max_history"] is None else check_int(name("max_history"), state["max_history"], 1)
+        last_epoch = check_int(name("last_epoch"), state["last_epoch"], 0)
+        check_int(name("step_count"), state["step_count"], last_epoch, last_epoch)
+        check_int(name("num_drops"), state["num_drops"], 0, last_epoch)
+        if state["pending"]:
+            check_int(name("delay_count"), state["delay_count"], 1, delay - 1)
+        else:
+            check_int(name("delay_count"), state["delay_count"], 0, 0)
+        self._check_history(state["history"], last_epoch, max_history)
+
+        self.detector.check_state(state["detector"], max_threshold, window, name("detector"))
+        self.velocity.check_state(state["velocity"], name("velocity"))
+        self.averager.check_state(state["averaging"], name("averaging"))
+        window_open = state["pending"] and state["average"] and delay > 0
+        if (state["averaging"]["sums"] is not None) != window_open:
             raise ValueError(
-                f"state has {len(state_dict['min_lrs'])} param groups, "
-                f"the optimizer has {len(self.optimizer.param_groups)}"
+                f"{name('averaging')} {'has' if not window_open else 'lacks'} sums, but the state "
+                f"{'has' if window_open else 'has no'} open averaging window"
             )
+        k = state["delay_count"]
+        if window_open and state["averaging"]["total_weight"] != k * (k + 1) / 2:
+            raise ValueError(
+                f"{name('averaging')}['total_weight'] is {state['averaging']['total_weight']!r}, "
+                f"expected {k * (k + 1) / 2} after {k} intervals of the window"
+            )
+
+    @staticmethod
+    def _check_history(history: Any, last_epoch: int, max_history: int | None) -> None:
+        records = check_list("state['history']", history)
+        expected = last_epoch if max_history is None else min(last_epoch, max_history)
+        if len(records) != expected:
+            raise ValueError(f"state['history'] has {len(records)} records, expected {expected} (one per step)")
+        first = last_epoch - len(records) + 1
+        for index, record in enumerate(records):
+            where = f"state['history'][{index}]"
+            check_keys(where, record, RECORD_KEYS)
+            check_int(f"{where}['interval']", record["interval"], first + index, first + index)
+            check_optional_real(f"{where}['omega']", record["omega"], "in [0, 180]", lambda v: 0 <= v <= 180)
+            check_optional_real(f"{where}['delta']", record["delta"], ">= 0", lambda v: v >= 0)
+            check_real(f"{where}['threshold']", record["threshold"], "> 0", lambda v: v > 0)
+            lrs = check_list(f"{where}['lrs']", record["lrs"])
+            for position, lr in enumerate(lrs):
+                check_real(f"{where}['lrs'][{position}]", lr, ">= 0", lambda v: v >= 0)
+            if not (record["event"] is None or isinstance(record["event"], str)) or record["event"] not in EVENTS:
+                raise ValueError(f"{where}['event'] must be one of {EVENTS}, got {record['event']!r}")
+            reasons = REASONS if record["event"] == "skipped" else (None,)
+            if not (record["reason"] is None or isinstance(record["reason"], str)) or record["reason"] not in reasons:
+                raise ValueError(
+                    f"{where}['reason'] must be one of {reasons} for event {record['event']!r}, got {record['reason']!r}"
+                )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (hyper-parameters included, as torch does).
+
+        The whole state is checked first (:meth:`check_state`); a bad state raises
+        and leaves the scheduler exactly as it was.
+        """
+        self.check_state(state_dict)
         self.velocity.load_state_dict(state_dict["velocity"])
         self.averager.load_state_dict(state_dict["averaging"])
         self.detector.window = state_dict["window"]
-        self.detector.max_threshold = state_dict["max_threshold"]
+        self.detector.max_threshold = float(state_dict["max_threshold"])
         self.detector.load_state_dict(state_dict["detector"])
-        self.factor = state_dict["factor"]
-        self.min_lrs = list(state_dict["min_lrs"])
+        self.factor = float(state_dict["factor"])
+        self.min_lrs = [float(v) for v in state_dict["min_lrs"]]
+        self.min_lr_per_group = state_dict["min_lr_per_group"]
         self.delay = state_dict["delay"]
         self.average = state_dict["average"]
+        self.on_nonfinite = state_dict["on_nonfinite"]
+        self.max_history = state_dict["max_history"]
         self.base_lrs = list(state_dict["base_lrs"])
         self.last_epoch = state_dict["last_epoch"]
         self._step_count = state_dict["step_count"]
@@ -319,4 +512,4 @@ class AutoDrop(LRScheduler):
         self.pending = state_dict["pending"]
         self.delay_count = state_dict["delay_count"]
         self.num_drops = state_dict["num_drops"]
-        self.history = [dict(record) for record in state_dict["history"]]
+        self.history = [dict(record, lrs=list(record["lrs"])) for record in state_dict["history"]]

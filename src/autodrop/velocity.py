@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import check_device, check_keys, check_optional_real, check_real
 from .geometry import ParameterTrajectory, StepStatistics
 
 __all__ = ["AngularVelocity", "angle_degrees"]
@@ -38,9 +39,12 @@ class AngularVelocity:
         \Big(\frac{\langle s_i, s_{i-1}\rangle}{\lVert s_i\rVert\,\lVert s_{i-1}\rVert + \epsilon}, -1, 1\Big)
 
     in degrees, or ``None`` while it is undefined (the first two intervals) and
-    when a step is zero or not finite (no direction to measure). The reductions
-    run over all tensors at once in at least fp32; the angle is never computed per
-    tensor and averaged. Use it to log omega under any schedule; :class:`AutoDrop`
+    when a step is zero or not finite (no direction to measure). Such a step is
+    not taken: ``last_statistics.fault`` names it (``"zero_step"`` or
+    ``"nonfinite"``), the snapshot and the previous step stay as they were, and
+    the next step is measured from that snapshot against the last nonzero step.
+    The reductions run over all tensors at once with float64 accumulation; the
+    angle is never computed per tensor and averaged. Use it to log omega under any schedule; :class:`AutoDrop`
     uses it inside.
 
     Args:
@@ -72,8 +76,10 @@ class AngularVelocity:
         snapshot_device: torch.device | str | None = None,
         process_group: Any = None,
     ) -> None:
-        self.eps = eps
-        self.trajectory = ParameterTrajectory(params, snapshot_device, process_group)
+        self.eps = check_real("eps", eps, "> 0", lambda v: v > 0)
+        self.trajectory = ParameterTrajectory(
+            params, check_device("snapshot_device", snapshot_device), process_group
+        )
         self.omega: float | None = None
         self.last_statistics: StepStatistics | None = None
 
@@ -85,12 +91,9 @@ class AngularVelocity:
         return self.omega
 
     def _omega(self, stats: StepStatistics) -> float | None:
-        if stats.dot is None or stats.previous_norm_sq is None:
+        if stats.fault is not None or stats.dot is None or stats.previous_norm_sq is None:
             return None
-        values = (stats.dot, stats.norm_sq, stats.previous_norm_sq)
-        if not all(math.isfinite(v) for v in values) or stats.norm_sq == 0 or stats.previous_norm_sq == 0:
-            return None
-        return angle_degrees(*values, eps=self.eps)
+        return angle_degrees(stats.dot, stats.norm_sq, stats.previous_norm_sq, eps=self.eps)
 
     def rebase(self) -> None:
         """Measure the next step from the parameters as they are now (after averaging)."""
@@ -99,7 +102,16 @@ class AngularVelocity:
     def state_dict(self) -> dict:
         return {"eps": self.eps, "omega": self.omega, "trajectory": self.trajectory.state_dict()}
 
+    def check_state(self, state: Any, name: str = "velocity state") -> None:
+        """Raise if ``state`` does not fit these parameters; changes nothing."""
+        check_keys(name, state, ("eps", "omega", "trajectory"))
+        check_real(f"{name}['eps']", state["eps"], "> 0", lambda v: v > 0)
+        check_optional_real(f"{name}['omega']", state["omega"], "in [0, 180]", lambda v: 0 <= v <= 180)
+        self.trajectory.check_state(state["trajectory"], f"{name}['trajectory']")
+
     def load_state_dict(self, state: dict) -> None:
+        """Check ``state`` completely (:meth:`check_state`), then apply it."""
+        self.check_state(state)
         self.trajectory.load_state_dict(state["trajectory"])
-        self.eps = state["eps"]
-        self.omega = state["omega"]
+        self.eps = float(state["eps"])
+        self.omega = None if state["omega"] is None else float(state["omega"])

@@ -173,6 +173,37 @@ def meshes(rank: int) -> dict:
     return {"omegas": omegas, "trajectory": trajectory, "counted": counted, "averaged": averaged}
 
 
+def faults(rank: int) -> dict:
+    """A NaN in rank 1's shard only: every rank skips the interval, and no buffer changes anywhere."""
+    mesh = init_device_mesh("cpu", (scenarios.WORLD_SIZE,))
+    generator = torch.Generator().manual_seed(11)
+    param = torch.nn.Parameter(distribute_tensor(torch.zeros(6, dtype=torch.float64), mesh, [Shard(0)]))
+    scheduler = scenarios.autodrop(torch.optim.SGD([param], lr=0.1), on_nonfinite="skip")
+    steps = [torch.randn(6, generator=generator, dtype=torch.float64) for _ in range(4)]
+
+    def move(step: torch.Tensor) -> None:
+        with torch.no_grad():
+            param.to_local().add_(distribute_tensor(step, mesh, [Shard(0)]).to_local())
+        scheduler.step()
+
+    def buffers() -> list[torch.Tensor]:
+        return [t.clone() for b in scheduler.velocity.trajectory.buckets for t in (b.snapshot, b.step)]
+
+    for step in steps[:2]:
+        move(step)
+    before, good = buffers(), param.to_local().clone()
+    with torch.no_grad():
+        if rank == 1:
+            param.to_local()[0] = float("nan")
+    scheduler.step()
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, buffers(), strict=True))
+    with torch.no_grad():
+        param.to_local().copy_(good)
+    for step in steps[2:]:
+        move(step)
+    return {"history": scheduler.history, "unchanged": unchanged}
+
+
 def errors(single_rank_group) -> dict:
     """The messages of the arguments ReplicaCounting refuses."""
     mesh = init_device_mesh("cpu", (scenarios.WORLD_SIZE,))
@@ -248,6 +279,7 @@ def main() -> None:
     results = {"ddp": ddp(rank), "fsdp": fsdp(rank, single_rank_groups[rank]), "meshes": meshes(rank)}
     results["resume"] = resume(rank, out_dir, results["fsdp"])
     results["errors"] = errors(single_rank_groups[rank])
+    results["faults"] = faults(rank)
     torch.save(results, out_dir / f"rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()

@@ -28,8 +28,9 @@ LR = 0.1
 
 
 class Regression(L.LightningModule):
-    def __init__(self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True):
+    def __init__(self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True, max_history=None):
         super().__init__()
+        self.max_history = max_history
         layers = [torch.nn.Linear(8, 16)] + ([torch.nn.BatchNorm1d(16)] if batchnorm else []) + [torch.nn.Tanh()]
         self.net = torch.nn.Sequential(*layers, torch.nn.Linear(16, 1))
         self.after_average = after_average
@@ -46,7 +47,7 @@ class Regression(L.LightningModule):
         optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
         if not self.with_autodrop:
             return optimizer
-        scheduler = AutoDrop(optimizer, after_average=self.after_average, **SCHEDULE)
+        scheduler = AutoDrop(optimizer, after_average=self.after_average, max_history=self.max_history, **SCHEDULE)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
@@ -124,6 +125,15 @@ def test_callback_logs_every_step_of_autodrop_to_the_trainer_loggers(tmp_path, c
         if record["omega"] is not None:
             assert float(row["autodrop/omega"]) == pytest.approx(record["omega"])
     assert "AutoDrop: LR drop at interval 4" in caplog.text
+
+
+def test_callback_logs_every_interval_when_the_history_is_capped(tmp_path):
+    trainer, _ = fit(tmp_path, epochs=5, callbacks=[AutoDropCallback()], logger=CSVLogger(tmp_path, name="logs"),
+                     max_history=2)
+    history = scheduler_of(trainer).history
+    rows = logged_rows(trainer)
+    assert [r["interval"] for r in history] == [4, 5] and len(rows) == 5
+    assert [float(row["autodrop/lr"]) for row in rows[-2:]] == [r["lrs"][0] for r in history]
 
 
 def batchnorm_buffers(module):

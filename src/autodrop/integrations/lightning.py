@@ -89,7 +89,7 @@ class AutoDropCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = find_autodrop(trainer)
         # a resumed fit has restored the history by now; its records were logged by the first run
-        self._logged = len(self.scheduler.history)
+        self._logged = self.scheduler.last_epoch
         if self.refresh_batchnorm:
             if self.scheduler.after_average is not None:
                 raise ValueError(
@@ -111,7 +111,9 @@ class AutoDropCallback(pl.Callback):
     # training step, before that batch's on_train_batch_end: logging here covers
     # "epoch" and "step" intervals alike.
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        for record in self.scheduler.history[self._logged :]:
+        # _logged is the last logged interval, not a position: max_history may drop old records
+        history = self.scheduler.history
+        for record in history[max(0, len(history) - (self.scheduler.last_epoch - self._logged)) :]:
             metrics = {self.prefix + name: value for name, value in history_scalars(record).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -120,4 +122,4 @@ class AutoDropCallback(pl.Callback):
                     f"AutoDrop: LR drop at interval {record['interval']} (epoch {trainer.current_epoch}): "
                     f"lr {record['lrs'][0]:.4g}, threshold {record['threshold']:.4g} deg"
                 )
-        self._logged = len(self.scheduler.history)
+        self._logged = self.scheduler.last_epoch

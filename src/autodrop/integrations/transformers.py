@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from .._optional import import_optional
+from ..checks import check_int
 from ..history_log import history_scalars
-from ..scheduler import AutoDrop, _check_int
+from ..scheduler import AutoDrop
 
 hf = import_optional("transformers", "transformers", __name__)
 
@@ -74,7 +75,7 @@ class AutoDropCallback(hf.TrainerCallback):
         if not isinstance(trainer, hf.Trainer):
             raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
         if every_n_steps is not None:
-            _check_int("every_n_steps", every_n_steps, 1)
+            check_int("every_n_steps", every_n_steps, 1)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         if "optimizer" in autodrop_kwargs:
