@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._optional import import_optional
 from ..velocity import AngularVelocity
 from .schedules import SCHEDULES, Setup
 from .tasks import TASKS, DataSource, load_task_data
@@ -196,10 +197,7 @@ def batchnorm_refresh(model: nn.Module, inputs: Tensor, batch_size: int = 1024) 
 
 
 def _progress(spec: RunSpec, position: int):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as error:
-        raise ImportError("the benchmark needs tqdm: pip install 'autodrop[bench]'") from error
+    tqdm = import_optional("tqdm.auto", "bench", "autodrop bench").tqdm
     return tqdm(total=spec.epochs, position=position, leave=False, dynamic_ncols=True, unit="epoch",
                 desc=f"{spec.task} {spec.schedule} lr={spec.lr:g} seed {spec.seed}")
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._optional import import_optional
+
 __all__ = [
     "TASKS",
     "Data",
@@ -114,13 +116,10 @@ def mnist1d_tensors(num_samples: int, seed: int = 42, cache_dir: Path | None = N
     if path is not None and path.exists():
         stored = torch.load(path, weights_only=True)
         return stored["x"], stored["y"], stored["x_test"], stored["y_test"]
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as error:
-        raise ImportError("MNIST-1D needs the mnist1d package: pip install 'autodrop[bench]'") from error
-    args = get_dataset_args()
+    mnist1d = import_optional("mnist1d.data", "bench", "MNIST-1D")
+    args = mnist1d.get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
-    data = make_dataset(args)
+    data = mnist1d.make_dataset(args)
     tensors = {key: torch.as_tensor(data[key], dtype=torch.float32 if key.startswith("x") else torch.long)
                for key in ("x", "y", "x_test", "y_test")}
     if path is not None:
@@ -192,11 +191,7 @@ def _load_mnist(source: DataSource) -> Data:
 
 
 def _load_digits(source: DataSource) -> Data:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise ImportError("the digits task needs scikit-learn: pip install 'autodrop[test]'") from error
-    digits = load_digits()
+    digits = import_optional("sklearn.datasets", "test", "the digits task").load_digits()
     x = torch.as_tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.as_tensor(digits.target, dtype=torch.long)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
