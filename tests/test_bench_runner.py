@@ -102,9 +102,12 @@ def test_run_all_in_two_processes_appends_json_lines(tmp_path):
         run_all(specs, tmp_path / "runs.jsonl", jobs=0)
 
 
-def test_unavailable_device_is_a_clear_error():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+def test_unavailable_device_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="this machine has 1 CUDA devices"):
+        runner.resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):
         runner.resolve_device("cuda")
     with pytest.raises(ValueError, match="is not a torch device"):

@@ -166,6 +166,8 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError(f"--device {device!r} is not a torch device: {error}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     return resolved
 
 

@@ -94,11 +94,17 @@ def _split(x: Tensor, y: Tensor, num_val: int) -> tuple[Tensor, ...]:
     return x[train], y[train], x[val], y[val]
 
 
+def _as_inputs(a) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32).contiguous()
+
+
+def _as_labels(a) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.long).contiguous()
+
+
 def _data(x, y, x_test, y_test, num_val: int, num_classes: int = 10, augment=None) -> Data:
-    as_x = lambda a: torch.as_tensor(a, dtype=torch.float32).contiguous()  # noqa: E731
-    as_y = lambda a: torch.as_tensor(a, dtype=torch.long).contiguous()  # noqa: E731
-    x_train, y_train, x_val, y_val = _split(as_x(x), as_y(y), num_val)
-    return Data(x_train, y_train, x_val, y_val, as_x(x_test), as_y(y_test), num_classes, augment)
+    x_train, y_train, x_val, y_val = _split(_as_inputs(x), _as_labels(y), num_val)
+    return Data(x_train, y_train, x_val, y_val, _as_inputs(x_test), _as_labels(y_test), num_classes, augment)
 
 
 # --- MNIST-1D -----------------------------------------------------------------------------
@@ -183,7 +189,10 @@ def mnist_tensors() -> dict[str, Tensor]:
 
 def _load_mnist(source: DataSource) -> Data:
     arrays = mnist_tensors()
-    scale = lambda a: ((a.float() / 255.0 - 0.1307) / 0.3081)[:, None]  # noqa: E731
+
+    def scale(images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() / 255.0 - 0.1307) / 0.3081)[:, None]
+
     return _data(scale(arrays["x"]), arrays["y"], scale(arrays["x_test"]), arrays["y_test"], num_val=5_000)
 
 
@@ -263,7 +272,10 @@ def _load_cifar10(source: DataSource) -> Data:
     arrays = cifar10_tensors(source.data_dir)
     mean = torch.tensor(CIFAR_MEAN)[:, None, None]
     std = torch.tensor(CIFAR_STD)[:, None, None]
-    scale = lambda a: (a.float() / 255.0 - mean) / std  # noqa: E731
+
+    def scale(images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - mean) / std
+
     return _data(scale(arrays["x"]), arrays["y"], scale(arrays["x_test"]), arrays["y_test"],
                  num_val=5_000, augment=random_crop_flip)
 
