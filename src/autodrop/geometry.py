@@ -317,7 +317,7 @@ class ParameterTrajectory:
         ``fault``.
         """
         current = [b.current_params() for b in self.buckets]
-        dot, norm_sq, *_ = self._reduce_step(current, precise=False)
+        dot, norm_sq = self._reduce_step(current, precise=False)
         if self._nearly_parallel(dot, norm_sq):
             dot, norm_sq, self.previous_norm_sq = self._reduce_step(current, precise=True)
         had_step = self.previous_norm_sq is not None
