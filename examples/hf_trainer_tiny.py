@@ -13,15 +13,12 @@ last checkpoint in ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-import torch  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
-
-from autodrop.integrations.transformers import AutoDropCallback  # noqa: E402
+from autodrop.integrations.transformers import AutoDropCallback
 
 VOCAB, LENGTH = 12, 16
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import SGD, AdamW, RAdam
+from torch.optim import SGD, AdamW, Optimizer, RAdam
 from torch.optim.optimizer import ParamsT
 
 from .adabelief import AdaBelief
@@ -78,7 +78,7 @@ _DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay by 
 """
 
 
-def _check_active_args(suffix: str, values: dict[str, Any]) -> None:
+def _check_active_args(suffix: str, values: Mapping[str, Any]) -> None:
     def name(key: str) -> str:
         return key + suffix
 
@@ -142,7 +142,7 @@ def _check_param_state(where: str, state: Any, param: Tensor) -> None:
             raise ValueError(f"{name} must hold signs in {{-1, 0, 1}}")
 
 
-class ActiveLR:
+class ActiveLR(Optimizer):
     r"""The ActiveLR sign rule, placed in front of a ``torch.optim.Optimizer`` subclass.
 
     ``class ActiveX(ActiveLR, X)`` is optimizer ``X`` whose every update is scaled,
@@ -261,9 +261,11 @@ class ActiveLR:
                 group["weight_decay"] = weight_decay
 
     def _base_step(self) -> None:
-        base_step = super().step.__func__  # type: ignore[misc]
-        # torch wraps a class's step in its hook runner once an instance exists; the
-        # hooks already ran around this step(), so they must not run again here.
+        # The base's own step function: torch wraps a class's step in its hook runner
+        # once an instance exists, and the hooks already ran around this step(), so
+        # they must not run again here. (Type checkers see a bound method as a plain
+        # callable without __func__.)
+        base_step = super().step.__func__  # type: ignore[attr-defined]
         if getattr(base_step, "hooked", False):
             base_step = base_step.__wrapped__
         base_step(self)
@@ -382,7 +384,7 @@ class ActiveLR:
         self.check_state(state_dict)
         previous = self.state, self.param_groups
         try:
-            super().load_state_dict(state_dict)  # type: ignore[misc]
+            super().load_state_dict(state_dict)
         except Exception as error:
             # torch assigns the new state before the base's __setstate__ checks it
             self.state, self.param_groups = previous
