@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -5,6 +6,8 @@ from autodrop.averaging import WeightedAverage
 from autodrop.geometry import ParameterTrajectory
 
 from trajectories import flat64
+
+pytestmark = pytest.mark.usefixtures("stepping")
 
 
 def test_linear_weights_and_exact_normaliser():

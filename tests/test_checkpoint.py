@@ -7,6 +7,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from autodrop import AngularVelocity, AutoDrop, ShardedState
 
+pytestmark = pytest.mark.usefixtures("stepping")
+
 
 def build():
     torch.manual_seed(0)

@@ -7,6 +7,8 @@ from autodrop.geometry import CPU_REDUCTION_CHUNK, ParameterTrajectory
 
 from trajectories import flat64
 
+pytestmark = pytest.mark.usefixtures("stepping")
+
 
 def make_params(dtypes=(torch.float32,)):
     generator = torch.Generator().manual_seed(0)
@@ -92,7 +94,9 @@ def test_both_reductions_match_float64_and_write_nothing(precise, extra):
     perturb(params, 0.1, 1)
     (bucket,) = trajectory.buckets
     buffers = [bucket.snapshot.clone(), bucket.step.clone()]
-    reductions = bucket.reduce_step(params, precise).numpy()
+    # Per chunk partials; summed here in float64, as the trajectory sums them.
+    partials = bucket.reduce_step(bucket.pieces(params), precise).double().numpy()
+    reductions = partials.reshape(-1, 3 if precise else 2).sum(0)
     assert torch.equal(bucket.snapshot, buffers[0]) and torch.equal(bucket.step, buffers[1])
     if precise:
         # Against the fp32 steps as they are stored, in float64: exact products, float64 sums.
@@ -213,9 +217,17 @@ def test_reduction_chunks_cover_every_element_once():
     params = [torch.zeros(5), torch.zeros(0), torch.zeros(3, 4), torch.zeros(1)]
     trajectory = ParameterTrajectory(params)
     plan = trajectory.buckets[0]._chunk_plan(4)
-    assert [(start, stop) for start, stop, _ in plan] == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
-    assert plan[1][2] == [(0, 4, 5), (2, 0, 3)]
+    # 5 elements: a chunk of 4 and one of 1; the empty tensor: nothing; 12: three chunks of 4; 1: a run.
+    assert [(start, stop) for start, stop, _ in plan] == [(0, 4), (4, 5), (5, 9), (9, 13), (13, 17), (17, 18)]
+    assert plan[1][2] == [(0, 4, 5)] and plan[-1][2] == [(3, 0, 1)]
     assert sum(last - first for _, _, covered in plan for _, first, last in covered) == 18
+    # Small tensors share a chunk; a large one never shares.
+    params = [torch.zeros(2), torch.zeros(1), torch.zeros(9), torch.zeros(3), torch.zeros(2)]
+    plan = ParameterTrajectory(params).buckets[0]._chunk_plan(4)
+    assert [covered for _, _, covered in plan] == [
+        [(0, 0, 2), (1, 0, 1)], [(2, 0, 4)], [(2, 4, 8)], [(2, 8, 9)], [(3, 0, 3)], [(4, 0, 2)],
+    ]
+    assert [(start, stop) for start, stop, _ in plan] == [(0, 3), (3, 7), (7, 11), (11, 12), (12, 15), (15, 17)]
 
 
 def test_chunked_reduction_matches_one_chunk_and_holds_no_work_tensor(monkeypatch):
@@ -227,12 +239,13 @@ def test_chunked_reduction_matches_one_chunk_and_holds_no_work_tensor(monkeypatc
         stats = []
         for seed in range(3):
             perturb(params, 0.1, seed)
+            bucket = trajectory.buckets[0]
+            precise = bucket.reduce_step(bucket.pieces(params), precise=True).view(-1, 3).sum(0, dtype=torch.float64)
             stats.append(trajectory.advance())
-            precise = trajectory.buckets[0].reduce_step(params, precise=True)
+            held = [value for value in vars(bucket).values() if isinstance(value, torch.Tensor)]
+            assert sum(t.numel() for t in held) == 2 * trajectory.numel  # snapshot and step only
         results.append((stats, precise))
         assert trajectory.buckets[0].chunk_size == chunk
-        held = [value for value in vars(trajectory.buckets[0]).values() if isinstance(value, torch.Tensor)]
-        assert sum(t.numel() for t in held) == 2 * trajectory.numel  # snapshot and step only
     (fast_a, precise_a), (fast_b, precise_b) = results
     for a, b in zip(fast_a, fast_b):
         assert a.norm_sq == pytest.approx(b.norm_sq, rel=1e-6)

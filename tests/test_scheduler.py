@@ -12,6 +12,8 @@ from autodrop import AutoDrop
 from states import states_equal
 from trajectories import PlanarWalk, angle64, flat64, scripted_run
 
+pytestmark = pytest.mark.usefixtures("stepping")
+
 
 def planar_setup(lr=0.1, **kwargs):
     param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))

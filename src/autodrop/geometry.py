@@ -7,38 +7,42 @@ exactly two parameter-sized buffers for that, the snapshot ``x_{i-1}`` and the
 previous step, and computes the reductions without ever concatenating the model.
 
 Layout: parameters are grouped into buckets by (device, dtype). Each bucket owns
-two preallocated flat buffers; every parameter gets a view into them, made once.
-Updating a bucket is one ``torch._foreach_*`` call over the views, with the
-parameters themselves as the other operand. Buffers are stored in
-``promote_types(dtype, float32)``, so the arithmetic is at least fp32 for fp16 and
-bf16 parameters (which then cost 4 bytes per element instead of 2).
+two flat buffers holding its parameters' elements in order, and works on them in
+chunks: a chunk is a run of whole small parameters, gathered by one ``torch.cat``
+(one kernel however many tensors), or a piece of one large parameter, used as a
+view. Buffers are stored in ``promote_types(dtype, float32)``, so the arithmetic is
+at least fp32 for fp16 and bf16 parameters (which then cost 4 bytes per element
+instead of 2).
 
 The step is stored negated, ``d_i = x_{i-1} - x_i = -s_i``: that lets the
 snapshot buffer turn into the step buffer in place (``x_{i-1} -= x_i``), and
 ``<d_i, d_{i-1}> = <s_i, s_{i-1}>``, ``|d_i| = |s_i|``, so nothing downstream sees
 the sign.
 
-Faults: the reductions are taken *before* anything is written, chunk by chunk
-into one chunk-sized work tensor that exists only during :meth:`ParameterTrajectory.advance`
-(so between intervals exactly two parameter-sized buffers are held), and the
-buffers are only updated once the host has seen that the step is finite and
-nonzero. A step with a NaN/Inf, or a zero step (nothing moved: all frozen, or lr
-0), leaves the snapshot ``x_{i-1}`` and the previous step ``d_{i-1}`` exactly as
-they were; the next interval is then measured from them, so after a zero step the
-previous *nonzero* step stays ``s_{i-1}``. The snapshot and the stored step are
-finite by construction, so a non-finite reduction means non-finite current
-parameters. Under torch.distributed the decision is taken on the all-reduced
-sums, so every rank skips together.
+Faults: the reductions are taken *before* anything is written, and the buffers are
+only updated once the host has seen that the step is finite and nonzero. A bucket
+that fits in one chunk forms ``x_i`` and ``d_i`` as fresh tensors, which replace
+its buffers when the step is taken; a larger one reads each chunk into a
+chunk-sized work tensor that exists only during :meth:`ParameterTrajectory.advance`,
+then writes the buffers in a second pass. Between intervals exactly two
+parameter-sized buffers are held. A step with a NaN/Inf, or a zero step (nothing
+moved: all frozen, or lr 0), leaves the snapshot ``x_{i-1}`` and the previous step
+``d_{i-1}`` exactly as they were; the next interval is then measured from them, so
+after a zero step the previous *nonzero* step stays ``s_{i-1}``. The snapshot and
+the stored step are finite by construction, so a non-finite reduction means
+non-finite current parameters. Under torch.distributed the decision is taken on
+the all-reduced sums, so every rank skips together.
 
 Precision: each chunk's step is formed in the buffer dtype (bit-identical to what
-is later stored). Its two dot products are taken in the buffer dtype per chunk of
+is stored). Its two dot products are taken in the buffer dtype per chunk of at most
 :data:`CPU_REDUCTION_CHUNK` (or :data:`REDUCTION_CHUNK`) elements and the chunk
-partials summed in float64: the cosine is then accurate to ~1e-6, which moves
-omega by less than 1e-5 degree at ordinary angles. Near 0 or 180 degrees
-``arccos`` amplifies that error (~0.03 degree at 1e-3 degree), so when the cosine
-is within :data:`PRECISE_BELOW` of +-1 the reductions are taken once more with
-float64 products (a second read-only pass and a second host sync, only then), and
-omega matches a float64 reference there too.
+partials summed exactly on the host (``math.fsum``; in float64 on the device under
+torch.distributed): the cosine is then accurate to ~1e-6, which moves omega by
+less than 1e-5 degree at ordinary angles. Near 0 or 180 degrees ``arccos``
+amplifies that error (~0.03 degree at 1e-3 degree), so when the cosine is within
+:data:`PRECISE_BELOW` of +-1 the reductions are taken once more with float64
+products (a second read-only pass and a second host sync, only then), and omega
+matches a float64 reference there too.
 
 Under torch.distributed the buckets hold each rank's local tensors (the
 ``to_local()`` shard of a DTensor) and the per-bucket partial sums of the counted
@@ -61,8 +65,9 @@ from .distributed import ReplicaCounting, is_dtensor, local_tensor
 
 __all__ = ["CPU_REDUCTION_CHUNK", "PRECISE_BELOW", "REDUCTION_CHUNK", "ParameterTrajectory", "StepStatistics"]
 
-REDUCTION_CHUNK = 1 << 20
-"""Elements reduced per chunk on accelerators (a 4 MB fp32 work tensor per bucket, few launches)."""
+REDUCTION_CHUNK = 1 << 22
+"""Elements per chunk on accelerators: a chunk's pass moves ~50 MB in fp32, so its few kernels
+run longer than their launches take (a 16 MB fp32 work tensor per bucket during a step)."""
 CPU_REDUCTION_CHUNK = 1 << 17
 """Elements reduced per chunk on CPU: the 512 kB work tensors stay in cache, per-chunk dispatch
 is small against the chunk's memory traffic, and a chunk's fp32 dot product keeps a relative
@@ -91,91 +96,176 @@ class StepStatistics:
 
 
 class _Bucket:
-    """Parameters of one (device, dtype, counted) and their two flat buffers (local shards)."""
+    """Parameters of one (device, dtype, counted) and their two flat buffers (local shards).
+
+    The buffers hold the parameters' elements in order. A step is taken in one of two ways:
+
+    - out of place, for a bucket that fits in one chunk (``chunk_size`` elements): ``x_i``
+      is gathered by one ``torch.cat`` into a fresh tensor, ``d_i`` formed into another,
+      and the two replace the snapshot and the step when the step is taken: one pass,
+      few dispatches, for a transient two chunk-sized tensors (larger fresh tensors
+      would cost page faults on CPU every step);
+    - in place, for larger buckets, chunk by chunk (:meth:`_chunk_plan`): a read-only
+      pass for the reductions, then a pass that writes ``d_i`` over the snapshot and
+      ``x_i`` into the buffer that held ``d_{i-1}``; each chunk's ``x_i`` is a view of
+      one parameter or a run of small ones gathered by one ``torch.cat``, and at most
+      two chunk-sized tensors exist beyond the buffers.
+    """
 
     def __init__(self, params: list[Tensor], device: torch.device, counted: bool) -> None:
         self.params = params
         self.counted = counted
         self.shapes = [local_tensor(p).shape for p in params]
-        dtype = torch.promote_types(params[0].dtype, torch.float32)
-        numel = sum(shape.numel() for shape in self.shapes)
-        self.snapshot = torch.empty(numel, dtype=dtype, device=device)
-        self.step = torch.zeros(numel, dtype=dtype, device=device)
-        self.snapshot_views = self.views(self.snapshot)
-        self.step_views = self.views(self.step)
+        self.dtype = torch.promote_types(params[0].dtype, torch.float32)
+        self.numel = sum(shape.numel() for shape in self.shapes)
+        self.snapshot = torch.empty(self.numel, dtype=self.dtype, device=device)
+        self.step = torch.zeros(self.numel, dtype=self.dtype, device=device)
         self.chunk_size = REDUCTION_CHUNK if device.type != "cpu" else CPU_REDUCTION_CHUNK
         self.chunks = self._chunk_plan(self.chunk_size)
+        self.out_of_place = len(self.chunks) == 1
         self.gathers = any(len(covered) > 1 for _, _, covered in self.chunks)
-        # Each buffer's chunk views, made once (a view costs a dispatch per chunk per pass).
-        self.chunk_views = {
-            id(buffer): [buffer[start:stop] for start, stop, _ in self.chunks] for buffer in (self.snapshot, self.step)
-        }
         self.offloaded = self.snapshot.device != params[0].device
         self.sharded = any(is_dtensor(p) for p in params)
+        # In place, each buffer's chunk views are made once (a view costs a dispatch per chunk
+        # per pass); out of place the buffers are replaced every step and need none.
+        self.chunk_views = {
+            id(buffer): [buffer[start:stop] for start, stop, _ in self.chunks]
+            for buffer in (() if self.out_of_place else (self.snapshot, self.step))
+        }
+        self.pointers: list[int] | None = None
+        self.cached_pieces: list[list[Tensor]] = []
+        self.staged: tuple[Tensor, Tensor] | None = None
 
     def _chunk_plan(self, size: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
         """Flat ranges ``[start, stop)`` of at most ``size`` elements, each with the
-        ``(param index, first, last)`` element ranges of the parameters it covers."""
-        plan, covered, start, offset = [], [], 0, 0
+        ``(param index, first, last)`` element ranges of the parameters it covers.
+
+        A chunk is either a run of whole parameters (gathered by one ``torch.cat``)
+        or a ``size``-element piece of a larger parameter: no chunk mixes a large
+        parameter with others, so the bytes of large parameters are never gathered.
+        """
+        plan: list[tuple[int, int, list[tuple[int, int, int]]]] = []
+        run: list[tuple[int, int, int]] = []
+        start = offset = 0
         for index, shape in enumerate(self.shapes):
-            first = 0
-            while first < shape.numel():
-                take = min(shape.numel() - first, start + size - offset)
-                covered.append((index, first, first + take))
-                first, offset = first + take, offset + take
-                if offset - start == size:
-                    plan.append((start, offset, covered))
-                    covered, start = [], offset
-        if covered:
-            plan.append((start, offset, covered))
+            numel = shape.numel()
+            if run and offset - start + numel > size:
+                plan.append((start, offset, run))
+                run, start = [], offset
+            if numel <= size:
+                if numel:
+                    run.append((index, 0, numel))
+                    offset += numel
+                continue
+            for first in range(0, numel, size):
+                last = min(first + size, numel)
+                plan.append((offset + first, offset + last, [(index, first, last)]))
+            offset += numel
+            start = offset
+        if run:
+            plan.append((start, offset, run))
         return plan
 
-    def reduce_step(self, current: list[Tensor], precise: bool = False) -> Tensor:
-        """``[<d, d_prev>, |d|^2]`` in float64 for ``d = snapshot - current``, writing no buffer.
+    def pieces(self, current: list[Tensor]) -> list[list[Tensor]]:
+        """Per chunk, the 1-D pieces of ``x_i`` (``current``) it covers.
 
-        Each chunk's ``d`` is formed in the buffer dtype, exactly as :meth:`take_step`
-        will store it, into a chunk-sized work tensor made for this call. Its
-        products are taken in the buffer dtype and the chunk partials summed in
-        float64, or, with ``precise``, the products are taken in float64 and
-        ``|d_prev|^2`` is reduced again with them (a third entry): the cosine needs
-        all three at that precision.
+        They are views into ``current``, made once and reused while every tensor stays
+        contiguous at the same address (checked each call, so a parameter whose
+        ``.data`` was replaced gets new views). Non-contiguous tensors are flattened
+        into copies each call, and offloaded copies are never kept.
         """
-        dtype = self.snapshot.dtype
-        work = torch.empty(min(self.snapshot.numel(), self.chunk_size), dtype=dtype, device=self.snapshot.device)
+        pointers = [t.data_ptr() for t in current]
+        contiguous = all(t.is_contiguous() for t in current)
+        if contiguous and pointers == self.pointers:
+            return self.cached_pieces
+        flat, numels = [t.reshape(-1) for t in current], [shape.numel() for shape in self.shapes]
+        pieces = [
+            [flat[i] if first == 0 and last == numels[i] else flat[i][first:last] for i, first, last in covered]
+            for _, _, covered in self.chunks
+        ]
+        keep = contiguous and not self.offloaded
+        self.pointers, self.cached_pieces = (pointers, pieces) if keep else (None, [])
+        return pieces
+
+    def _chunks_of(self, pieces: list[list[Tensor]], with_work: bool) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """In place, per chunk ``(snapshot, previous step, x_i, work)``: the buffers' chunk
+        views, ``x_i``'s chunk (a view of one parameter, or a run of several gathered
+        into a chunk-sized tensor made for this pass) and, ``with_work``, a work
+        tensor of the chunk's size made for this pass (else ``x_i`` again).
+
+        The work tensor sits at the same address modulo 64 bytes as the chunk's
+        views of the buffers: a BLAS dot of two vectors misaligned relative to each
+        other runs ~6x slower (fp32 CPU, measured).
+        """
+        full = min(self.numel, self.chunk_size)
+        device = self.snapshot.device
+        lanes = 64 // self.snapshot.element_size()
+        gathered = torch.empty(full, dtype=self.dtype, device=device) if self.gathers else None
+        work = torch.empty(full + lanes, dtype=self.dtype, device=device) if with_work else None
         snapshots, previous_steps = self.chunk_views[id(self.snapshot)], self.chunk_views[id(self.step)]
-        partials = []
-        for snapshot, previous, now in zip(snapshots, previous_steps, self._chunks_of(current)):
-            step = torch.sub(snapshot, now, out=work if len(work) == len(now) else work[: len(now)])
-            if precise and dtype != torch.float64:
-                step, previous = step.double(), previous.double()
-            partials += [torch.dot(step, previous), torch.dot(step, step)]
-            if precise:
-                partials.append(torch.dot(previous, previous))
-        if not partials:  # an empty local shard
-            return torch.zeros(3 if precise else 2, dtype=torch.float64, device=self.snapshot.device)
-        return torch.stack(partials).view(-1, 3 if precise else 2).sum(0, dtype=torch.float64)
-
-    def take_step(self, current: list[Tensor]) -> None:
-        """``d_i = x_{i-1} - x_i`` into the snapshot buffer, which becomes the step; ``x_i`` is copied in."""
-        torch._foreach_sub_(self.snapshot_views, current)
-        self.swap()
-        torch._foreach_copy_(self.snapshot_views, current)
-
-    def _chunks_of(self, current: list[Tensor]) -> Iterator[Tensor]:
-        """``x_i`` flat, chunk by chunk: a view of one tensor, or the pieces of several
-        gathered into one chunk-sized tensor made for this call."""
-        size = min(self.snapshot.numel(), self.chunk_size)
-        gathered = torch.empty(size, dtype=current[0].dtype, device=self.snapshot.device) if self.gathers else None
-        flat = [p.view(-1) if p.is_contiguous() else p.reshape(-1) for p in current]
-        for start, stop, covered in self.chunks:
-            pieces = [
-                flat[index] if first == 0 and last == len(flat[index]) else flat[index][first:last]
-                for index, first, last in covered
-            ]
-            if len(pieces) == 1:
-                yield pieces[0]
+        for (start, stop, _), snapshot, previous, chunk in zip(self.chunks, snapshots, previous_steps, pieces):
+            size = stop - start
+            if len(chunk) == 1:
+                now = chunk[0]
             else:
-                yield torch.cat(pieces, out=gathered if stop - start == size else gathered[: stop - start])
+                now = torch.cat(chunk, out=gathered if size == full else gathered[:size])
+            if work is None:
+                yield snapshot, previous, now, now
+            else:
+                yield snapshot, previous, now, work[start % lanes : start % lanes + size]
+
+    def reduce_step(self, pieces: list[list[Tensor]], precise: bool = False) -> Tensor:
+        """Each chunk's ``<d, d_prev>, |d|^2`` (and ``|d_prev|^2`` with ``precise``), flat,
+        for ``d = snapshot - x_i`` with ``x_i`` given by :meth:`pieces`; no buffer is written.
+
+        ``d`` is formed in the buffer dtype, bit for bit as it is stored, and its
+        products are taken per chunk of ``chunk_size`` elements in the buffer dtype,
+        or with ``precise`` in float64. Out of place, ``x_i`` and ``d`` are made as
+        fresh tensors and kept (``staged``) for :meth:`take_step` to adopt or
+        :meth:`forget` to drop.
+        """
+        products: list[Tensor] = []
+
+        def multiply(step: Tensor, previous: Tensor) -> None:
+            if precise and self.dtype != torch.float64:
+                step, previous = step.double(), previous.double()
+            products.extend((torch.dot(step, previous), torch.dot(step, step)))
+            if precise:
+                products.append(torch.dot(previous, previous))
+
+        if self.numel == 0:  # an empty local shard
+            return torch.zeros(3 if precise else 2, dtype=torch.float64, device=self.snapshot.device)
+        if self.out_of_place:
+            (run,) = pieces
+            now = torch.cat(run, out=torch.empty_like(self.snapshot))
+            self.staged = (now, torch.sub(self.snapshot, now))
+            multiply(self.staged[1], self.step)
+            return torch.stack(products)
+        for snapshot, previous, now, work in self._chunks_of(pieces, with_work=True):
+            multiply(torch.sub(snapshot, now, out=work), previous)
+        return torch.stack(products)
+
+    def take_step(self, pieces: list[list[Tensor]]) -> None:
+        """Store ``d_i = x_{i-1} - x_i`` and the new snapshot ``x_i``.
+
+        Out of place the tensors :meth:`reduce_step` staged become the buffers. In
+        place, per chunk, ``d_i`` is written over the snapshot and ``x_i`` into the
+        buffer that held ``d_{i-1}`` (gathered once, so read once from memory), and
+        the two buffers swap roles.
+        """
+        if self.out_of_place:
+            if self.staged is not None:  # None only for an empty local shard
+                self.snapshot, self.step = self.staged
+                self.staged = None
+            return
+        for snapshot, previous, now, _ in self._chunks_of(pieces, with_work=False):
+            snapshot.sub_(now)
+            previous.copy_(now)
+        self.snapshot, self.step = self.step, self.snapshot
+
+    def forget(self) -> None:
+        """Drop what :meth:`reduce_step` staged (the step is not taken)."""
+        self.staged = None
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of ``flat`` shaped like the parameters, in order."""
@@ -200,9 +290,14 @@ class _Bucket:
             return [p.to(self.snapshot.device) for p in self.local_params()]
         return self.local_params() if self.sharded else self.params
 
-    def swap(self) -> None:
-        self.snapshot, self.step = self.step, self.snapshot
-        self.snapshot_views, self.step_views = self.step_views, self.snapshot_views
+
+def _host_sum(values: list[float]) -> float:
+    """The exact sum (``math.fsum``); where that refuses (opposite infinities, overflow),
+    the plain sum, which is then not finite either."""
+    try:
+        return math.fsum(values)
+    except (ValueError, OverflowError):
+        return sum(values)
 
 
 def _check_params(params: Iterable[Tensor]) -> list[Tensor]:
@@ -275,7 +370,7 @@ class ParameterTrajectory:
         self.counting = ReplicaCounting(params, self.process_group)
         self.params, self.buckets = params, _bucketize(params, self.counting.counted, self.snapshot_device)
         for b in self.buckets:
-            for p, now, snapshot, step in zip(b.params, b.current_params(), b.snapshot_views, b.step_views):
+            for p, now, snapshot, step in zip(b.params, b.current_params(), b.views(b.snapshot), b.views(b.step)):
                 if id(p) in snapshots:
                     snapshot.copy_(snapshots[id(p)])
                     step.copy_(steps[id(p)])
@@ -302,24 +397,24 @@ class ParameterTrajectory:
     def rebase(self) -> None:
         """Take the current parameters as the snapshot; the previous step is kept."""
         for b in self.buckets:
-            torch._foreach_copy_(b.snapshot_views, b.current_params())
+            torch._foreach_copy_(b.views(b.snapshot), b.current_params())
 
     @torch.no_grad()
     def advance(self) -> StepStatistics:
         """Reduce the new step, then, if it is finite and nonzero, store it and move the snapshot.
 
-        A read-only chunked pass gives ``<d_i, d_{i-1}>`` and ``|d_i|^2`` with
+        A pass that writes no buffer gives ``<d_i, d_{i-1}>`` and ``|d_i|^2`` with
         ``d_i = x_{i-1} - x_i``; the two scalars are brought to the host once (the
         only synchronisation, but for the float64 pass near +-1, see the module
-        docstring). Only then, for a finite nonzero step, one pass writes ``d_i``
-        over the snapshot and one copies ``x_i`` into the buffer that held
-        ``d_{i-1}``. Otherwise nothing is written and the statistics carry the
-        ``fault``.
+        docstring). Only then, for a finite nonzero step, ``d_i`` and ``x_i`` are
+        stored (out of place: the fresh tensors of that pass replace the buffers; in
+        place: a second chunked pass). Otherwise nothing is written and the
+        statistics carry the ``fault``.
         """
-        current = [b.current_params() for b in self.buckets]
-        dot, norm_sq = self._reduce_step(current, precise=False)
+        pieces = [b.pieces(b.current_params()) for b in self.buckets]
+        dot, norm_sq = self._reduce_step(pieces, precise=False)
         if self._nearly_parallel(dot, norm_sq):
-            dot, norm_sq, self.previous_norm_sq = self._reduce_step(current, precise=True)
+            dot, norm_sq, self.previous_norm_sq = self._reduce_step(pieces, precise=True)
         had_step = self.previous_norm_sq is not None
         fault = None
         if not (math.isfinite(dot) and math.isfinite(norm_sq)):
@@ -332,16 +427,31 @@ class ParameterTrajectory:
             previous_norm_sq=self.previous_norm_sq,
             fault=fault,
         )
+        for b, bucket_pieces in zip(self.buckets, pieces):
+            if fault is None:
+                b.take_step(bucket_pieces)
+            else:
+                b.forget()
         if fault is None:
-            for b, params in zip(self.buckets, current):
-                b.take_step(params)
             self.previous_norm_sq = norm_sq
         return stats
 
-    def _reduce_step(self, current: list[list[Tensor]], precise: bool) -> list[float]:
-        """The buckets' reductions summed over buckets and ranks, on the host (one sync)."""
-        partials = [b.reduce_step(params, precise) for b, params in zip(self.buckets, current)]
-        return self._reduce(partials).tolist()
+    def _reduce_step(self, pieces: list[list[list[Tensor]]], precise: bool) -> list[float]:
+        """The chunks' partial reductions summed over chunks, buckets and ranks, on the host.
+
+        In one process the partials of all buckets on a device go to the host together
+        (one sync per device) and are summed there exactly (``math.fsum``); under
+        torch.distributed they are summed in float64 on the device and all-reduced.
+        """
+        width = 3 if precise else 2
+        partials = [b.reduce_step(bucket_pieces, precise) for b, bucket_pieces in zip(self.buckets, pieces)]
+        if self.counting.world_size > 1:
+            return self._reduce([p.view(-1, width).sum(0, dtype=torch.float64) for p in partials]).tolist()
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for p in partials:
+            by_device.setdefault(p.device, []).append(p)
+        values = [v for group in by_device.values() for v in (torch.cat(group) if len(group) > 1 else group[0]).tolist()]
+        return [_host_sum(values[k::width]) for k in range(width)]
 
     def _nearly_parallel(self, dot: float, norm_sq: float) -> bool:
         """Whether ``|cos| > 1 - PRECISE_BELOW``, where fp32 products are too coarse for omega."""

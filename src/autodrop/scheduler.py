@@ -17,6 +17,7 @@ nothing else happens (see :class:`AutoDrop`, "Faults").
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -325,10 +326,11 @@ class AutoDrop(LRScheduler):
         were removed, or when a group was added and ``min_lr`` was given per group
         without a floor for it.
         """
-        params = self._optimizer_params()
         tracked = self.velocity.trajectory.params
-        if len(params) == len(tracked) and all(a is b for a, b in zip(params, tracked)):
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if len(params) == len(tracked) and all(map(operator.is_, params, tracked)):
             return None
+        params = self._optimizer_params()
         present = {id(p) for p in params}
         removed = sum(id(p) not in present for p in tracked)
         if removed:
