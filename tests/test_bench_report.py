@@ -6,7 +6,7 @@ import pytest
 from autodrop.bench.report import SUMMARY_COLUMNS, write_report
 
 
-def fake_record(schedule, lr, seed, errors, drops=(), deltas=None):
+def fake_record(schedule, lr, seed, errors, drops=(), deltas=None, task="digits-cnn"):
     epochs = len(errors)
     history = None
     if deltas is not None:
@@ -14,7 +14,7 @@ def fake_record(schedule, lr, seed, errors, drops=(), deltas=None):
                     "lrs": [lr], "event": "drop" if i + 1 in drops else None} for i, d in enumerate(deltas)]
     best = min(range(epochs), key=errors.__getitem__)
     return {
-        "key": f"{schedule}/{lr}/{seed}", "task": "digits-cnn", "schedule": schedule, "optimizer": "sgd",
+        "key": f"{task}/{schedule}/{lr}/{seed}", "task": task, "schedule": schedule, "optimizer": "sgd",
         "lr": lr, "seed": seed, "epochs": epochs, "batch_size": 64, "device": "cpu", "threads": 1,
         "num_params": 1442, "settings": {"delay": 1} if history else {}, "history": history,
         "train_loss": [1.0 / (i + 1) for i in range(epochs)], "val_loss": [1.0] * epochs, "test_error": errors,
@@ -73,3 +73,36 @@ def test_summary_csv_has_one_row_per_run(out, records):
     assert tuple(rows[0]) == SUMMARY_COLUMNS and len(rows) == len(records)
     assert rows[2]["schedule"] == "autodrop" and rows[2]["drop_epochs"] == "5"
     assert float(rows[3]["final_test_error"]) == 4.0
+
+
+def timed(record, train_s, autodrop_step_s):
+    return dict(record, train_s=train_s, autodrop_step_s=autodrop_step_s)
+
+
+def test_autodrop_cost_is_the_median_step_over_the_median_training_pass(tmp_path):
+    errors = [9.0, 8.0, 7.0]
+    records = [
+        timed(fake_record("autodrop", 0.05, 0, errors, deltas=[None, None, 1.0]),
+              [2.0, 4.0, 3.0], [0.001, 0.003, 0.002]),
+        timed(fake_record("autodrop-smooth", 0.05, 0, errors, deltas=[None, None, 1.0]),
+              [5.0, 1.0, 6.0], [0.004, 0.05, 0.0005]),
+        fake_record("autodrop", 0.1, 0, errors, deltas=[None, None, 1.0]),  # recorded before runs were timed
+        timed(fake_record("step", 0.05, 0, errors), [100.0] * 3, [None] * 3),  # no AutoDrop: left out
+        timed(dict(fake_record("autodrop", 0.05, 0, errors, deltas=[None, None, 1.0], task="mnist-mlp"),
+                   num_params=269322, threads=2), [2.0, 2.0, 2.0], [0.02, 0.01, 0.03]),
+    ]
+    text = write_report(records, tmp_path, {"suite": "tiny"}).read_text()
+    section = text[text.index("## AutoDrop's cost per epoch"):text.index("## Task")]
+    # digits-cnn: training passes 1 2 3 4 5 6 -> median 3.5 s; steps 0.5 1 2 3 4 50 ms -> median 2.5 ms;
+    # 2.5e-3 / 3.5 = 0.0714 %. mnist-mlp: 20 ms / 2 s = 1 %.
+    assert "| `digits-cnn` | 1442 | 2 of 3 | 3.5 | 2.5 | 0.0714 % | met |" in section
+    assert "| `mnist-mlp` | 269322 | 1 of 1 | 2 | 20 | 1 % | missed |" in section
+    assert "on cpu with 1 thread per run, cpu with 2 threads per run" in section
+    assert "(`autodrop`, `autodrop-smooth`)" in section and "target of 0.5 %" in section
+    assert "left out of the figures above: `digits-cnn` 1 of 3 AutoDrop runs." in section
+
+
+def test_autodrop_cost_without_timings_in_the_records_says_so(out):
+    text = (out / "report.md").read_text()
+    assert "| `digits-cnn` | 1442 | 0 of 3 | — | — | — | — |" in text
+    assert "left out of the figures above: `digits-cnn` 3 of 3 AutoDrop runs." in text

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -112,3 +113,19 @@ def test_unavailable_device_is_a_clear_error(monkeypatch):
         runner.resolve_device("cuda")
     with pytest.raises(ValueError, match="is not a torch device"):
         runner.resolve_device("toaster")
+
+
+def test_each_epoch_times_the_training_pass_and_autodrop_step():
+    autodrop, constant = run_one(spec("autodrop", epochs=2)), run_one(spec("constant", epochs=2))
+    for seconds in (autodrop["train_s"], autodrop["autodrop_step_s"], constant["train_s"]):
+        assert len(seconds) == 2 and all(math.isfinite(s) and s >= 0 for s in seconds)
+    assert constant["autodrop_step_s"] == [None, None]  # no AutoDrop, nothing to time
+
+
+def test_the_clock_waits_for_cuda_work(monkeypatch):
+    synchronized = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronized.append)
+    runner._clock(torch.device("cpu"))
+    assert synchronized == []
+    runner._clock(torch.device("cuda", 0))
+    assert synchronized == [torch.device("cuda", 0)]

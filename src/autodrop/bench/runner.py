@@ -5,6 +5,8 @@ several times faster for these small models), evaluates validation loss and
 test error after every epoch, then drives its schedule row once. Omega is
 recorded for every schedule: AutoDrop's own ``history`` for the AutoDrop rows,
 an :class:`~autodrop.AngularVelocity` beside the optimizer for the others.
+Each epoch's training pass and, for the AutoDrop rows, its ``AutoDrop.step()``
+are timed (``train_s``, ``autodrop_step_s``: AutoDrop's cost per epoch).
 Runs go to ``runs.jsonl`` one JSON line each as they finish; a run whose key is
 already there is not repeated, so an interrupted suite resumes.
 """
@@ -212,6 +214,13 @@ def _trigger_epochs(events: list[str | None], autodrop: Any) -> list[int]:
     return sorted(triggers)
 
 
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     """Train one run and return its record (per-epoch curves and the summary numbers)."""
     torch.manual_seed(spec.seed)
@@ -226,7 +235,8 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     velocity = AngularVelocity(model.parameters()) if autodrop is None else None
     generator = torch.Generator().manual_seed(spec.seed)
     curves: dict[str, list] = {name: [] for name in
-                               ("train_loss", "val_loss", "test_error", "epoch_lr", "omega", "delta", "threshold", "event")}
+                               ("train_loss", "val_loss", "test_error", "epoch_lr", "omega", "delta", "threshold", "event",
+                                "train_s", "autodrop_step_s")}
     diverged = False
     wall, cpu = time.perf_counter(), time.process_time()
     with _progress(spec, position) as bar:
@@ -234,6 +244,7 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
             lr = float(optimizer.param_groups[0]["lr"])
             order = torch.randperm(len(data.x_train), generator=generator).to(device)
             total = torch.zeros((), device=device)
+            train_start = _clock(device)
             for start in range(0, len(order), spec.batch_size):
                 batch = order[start : start + spec.batch_size]
                 inputs = data.x_train[batch]
@@ -245,15 +256,19 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
                 optimizer.step()
                 total += loss.detach() * len(batch)
             train_loss = total.item() / len(order)
+            train_s = time.perf_counter() - train_start  # .item() waited for the device
             val_loss, _ = evaluate(model, data.x_val, data.y_val)
+            step_start = _clock(device)
             control.end_epoch(val_loss)
+            step_s = _clock(device) - step_start if autodrop is not None else None
             if autodrop is not None:
                 record = autodrop.history[-1]
                 omega, delta, threshold, event = record["omega"], record["delta"], record["threshold"], record["event"]
             else:
                 omega, delta, threshold, event = velocity.update(), None, None, None
             _, test_error = evaluate(model, data.x_test, data.y_test)
-            for name, value in zip(curves, (train_loss, val_loss, test_error, lr, omega, delta, threshold, event)):
+            for name, value in zip(curves, (train_loss, val_loss, test_error, lr, omega, delta, threshold, event,
+                                            train_s, step_s)):
                 curves[name].append(value)
             bar.set_postfix(lr=f"{lr:.2e}", omega="-" if omega is None else f"{omega:.1f}",
                             err=f"{test_error:.2f}%", refresh=False)
