@@ -22,11 +22,12 @@ The bytes a step must touch, with e_p the parameters' element size and e_b = max
 the buffers' (the arithmetic is at least fp32):
 
 - outside the window: a step that may not write anything before it knows the step is
-  finite and nonzero (so that a NaN/Inf never corrupts the buffers) must first read
-  x_i, x_{i-1} and d_{i-1} (P (e_p + 2 e_b)), then read x_{i-1} and x_i again and write
-  d_i and the new snapshot x_i (P (e_p + 3 e_b)): B = P (2 e_p + 5 e_b), 28 P bytes in
-  fp32 (an in-place step without that guarantee could do with P (e_p + 4 e_b) = 20 P);
-- inside: also read and write the running sum z (2 P e_b): B = P (2 e_p + 7 e_b).
+  finite and nonzero (so that a NaN/Inf never corrupts the buffers), holding two
+  buffers, must first read x_i, x_{i-1} and the previous step (P (e_p + 2 e_b)), then
+  read x_i again and write it as the new snapshot (P (e_p + e_b)):
+  B = P (2 e_p + 3 e_b), 20 P bytes in fp32. AutoDrop moves exactly that from memory
+  (it keeps x_{i-2} rather than d_{i-1} and forms d_{i-1} in cache);
+- inside: also read and write the running sum z (2 P e_b): B = P (2 e_p + 5 e_b).
 
 Targets (checked and printed): step <= 1.5 x copy for P >= 1e6; held <= 2 x the
 parameters' bytes at e_b (outside) and <= 3 x (inside); with ``--device cuda``
@@ -209,9 +210,9 @@ def scheduler_for(params: list[Tensor], inside: bool, snapshot_device: str | Non
 
 
 def touched_bytes(num: int, param_size: int, inside: bool) -> int:
-    """B = P (2 e_p + 5 e_b) outside the window, P (2 e_p + 7 e_b) inside; e_b = max(4, e_p)."""
+    """B = P (2 e_p + 3 e_b) outside the window, P (2 e_p + 5 e_b) inside; e_b = max(4, e_p)."""
     buffer_size = max(4, param_size)
-    return num * (2 * param_size + (7 if inside else 5) * buffer_size)
+    return num * (2 * param_size + (5 if inside else 3) * buffer_size)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -64,7 +64,7 @@ def test_write_params_and_rebase_round_trip():
 
 def test_snapshot_device_cpu_holds_buffers_there():
     trajectory = ParameterTrajectory(make_params(), snapshot_device="cpu")
-    assert all(b.snapshot.device.type == "cpu" and b.step.device.type == "cpu" for b in trajectory.buckets)
+    assert all(b.snapshot.device.type == "cpu" and b.previous.device.type == "cpu" for b in trajectory.buckets)
 
 
 @pytest.mark.parametrize("bad, message", [([], "empty"), (None, "more than once")])
@@ -93,15 +93,15 @@ def test_both_reductions_match_float64_and_write_nothing(precise, extra):
     before = flat64(params)
     perturb(params, 0.1, 1)
     (bucket,) = trajectory.buckets
-    buffers = [bucket.snapshot.clone(), bucket.step.clone()]
+    buffers = [bucket.snapshot.clone(), bucket.previous.clone()]
     # Per chunk partials; summed here in float64, as the trajectory sums them.
     partials = bucket.reduce_step(bucket.pieces(params), precise).double().numpy()
     reductions = partials.reshape(-1, 3 if precise else 2).sum(0)
-    assert torch.equal(bucket.snapshot, buffers[0]) and torch.equal(bucket.step, buffers[1])
+    assert torch.equal(bucket.snapshot, buffers[0]) and torch.equal(bucket.previous, buffers[1])
     if precise:
         # Against the fp32 steps as they are stored, in float64: exact products, float64 sums.
         stored = (bucket.snapshot - torch.cat([p.reshape(-1) for p in params])).double().numpy()
-        stored_previous = bucket.step.double().numpy()
+        stored_previous = bucket.previous_step().double().numpy()
         expected = [stored @ stored_previous, stored @ stored, stored_previous @ stored_previous]
         np.testing.assert_allclose(reductions, expected, rtol=1e-13)
         return
@@ -154,7 +154,7 @@ def bits(tensors):
 
 
 def buffer_bits(trajectory):
-    return bits([b.snapshot for b in trajectory.buckets] + [b.step for b in trajectory.buckets])
+    return bits([b.snapshot for b in trajectory.buckets] + [b.previous for b in trajectory.buckets])
 
 
 def two_steps(dtypes):
@@ -272,3 +272,23 @@ def test_nearly_parallel_steps_take_the_float64_pass(monkeypatch):
             param.add_(step)
         trajectory.advance()
     assert passes == [False, False, True, False]
+
+
+def test_previous_step_is_bit_for_bit_the_measured_one_in_either_form():
+    # After a step the older buffer holds x_{i-2}; d_{i-1} = x_{i-2} - x_{i-1} is formed from
+    # the same two fp32 values as when it was measured, so it has the same bits, also once
+    # rebase() stores it in place, and in the state dict.
+    params = make_params((torch.float32, torch.bfloat16))
+    trajectory = ParameterTrajectory(params)
+    snapshots = [[b.snapshot.clone() for b in trajectory.buckets]]
+    for seed in range(3):
+        perturb(params, 0.1, seed)
+        trajectory.advance()
+        snapshots.append([b.snapshot.clone() for b in trajectory.buckets])
+    measured = [torch.sub(before, after) for before, after in zip(snapshots[-2], snapshots[-1])]
+    assert all(b.previous_is_snapshot for b in trajectory.buckets)
+    assert_same_bits(bits([b.previous_step() for b in trajectory.buckets]), bits(measured))
+    assert_same_bits(bits(trajectory.state_dict()["steps"]), bits(measured))
+    trajectory.rebase()
+    assert not any(b.previous_is_snapshot for b in trajectory.buckets)
+    assert_same_bits(bits([b.previous for b in trajectory.buckets]), bits(measured))

@@ -220,7 +220,7 @@ def drive(walk, scheduler, turns):
 
 def buffers(scheduler):
     trajectory = scheduler.velocity.trajectory
-    tensors = [b.snapshot for b in trajectory.buckets] + [b.step for b in trajectory.buckets]
+    tensors = [b.snapshot for b in trajectory.buckets] + [b.previous for b in trajectory.buckets]
     return [t.clone().view(torch.uint8) for t in tensors + (scheduler.averager.sums or [])]
 
 

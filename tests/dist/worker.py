@@ -187,7 +187,7 @@ def faults(rank: int) -> dict:
         scheduler.step()
 
     def buffers() -> list[torch.Tensor]:
-        return [t.clone() for b in scheduler.velocity.trajectory.buckets for t in (b.snapshot, b.step)]
+        return [t.clone() for b in scheduler.velocity.trajectory.buckets for t in (b.snapshot, b.previous)]
 
     for step in steps[:2]:
         move(step)
