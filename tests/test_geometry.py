@@ -292,3 +292,28 @@ def test_previous_step_is_bit_for_bit_the_measured_one_in_either_form():
     trajectory.rebase()
     assert not any(b.previous_is_snapshot for b in trajectory.buckets)
     assert_same_bits(bits([b.previous for b in trajectory.buckets]), bits(measured))
+
+
+def test_non_contiguous_parameters_and_replaced_data_are_measured_as_they_are_now():
+    # A channels_last conv weight and a transposed view are read in logical order; a
+    # parameter whose .data is replaced is read from its new storage (the cached views of
+    # the old one are not reused).
+    generator = torch.Generator().manual_seed(5)
+    conv = torch.randn(4, 3, 3, 3, generator=generator).to(memory_format=torch.channels_last)
+    transposed = torch.randn(6, 5, generator=generator).t()
+    plain = torch.nn.Parameter(torch.randn(7, generator=generator))
+    params = [conv, transposed, plain]
+    assert not conv.is_contiguous() and not transposed.is_contiguous()
+    trajectory = ParameterTrajectory(params)
+    snapshots = [flat64(params)]
+    results = []
+    for seed in range(4):
+        perturb(params, 0.1, seed)
+        if seed == 2:
+            plain.data = plain.data + 0.05
+        snapshots.append(flat64(params))
+        results.append(trajectory.advance())
+    steps = np.diff(np.stack(snapshots), axis=0)
+    for i in range(1, 4):
+        np.testing.assert_allclose(results[i].dot, steps[i] @ steps[i - 1], rtol=1e-5)
+        np.testing.assert_allclose(results[i].norm_sq, steps[i] @ steps[i], rtol=1e-5)

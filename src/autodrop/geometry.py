@@ -14,17 +14,21 @@ view. Buffers are stored in ``promote_types(dtype, float32)``, so the arithmetic
 at least fp32 for fp16 and bf16 parameters (which then cost 4 bytes per element
 instead of 2).
 
-The step is stored negated, ``d_i = x_{i-1} - x_i = -s_i``: that lets the
-snapshot buffer turn into the step buffer in place (``x_{i-1} -= x_i``), and
-``<d_i, d_{i-1}> = <s_i, s_{i-1}>``, ``|d_i| = |s_i|``, so nothing downstream sees
-the sign.
+The step is used negated, ``d_i = x_{i-1} - x_i = -s_i``, so that it is the
+difference of the two snapshots in the order they are held;
+``<d_i, d_{i-1}> = <s_i, s_{i-1}>`` and ``|d_i| = |s_i|``, so nothing downstream sees
+the sign. After an ordinary step the second buffer holds ``x_{i-2}``, not
+``d_{i-1}``: the step is then formed in cache from the two snapshots (the same
+subtraction of the same values, so the same bits), and taking the next step writes
+one buffer, ``x_i`` over ``x_{i-2}``. Before the snapshot moves without a step (after
+averaging) the second buffer is turned into ``d_{i-1}`` in place.
 
 Faults: the reductions are taken *before* anything is written, and the buffers are
 only updated once the host has seen that the step is finite and nonzero. A bucket
-that fits in one chunk forms ``x_i`` and ``d_i`` as fresh tensors, which replace
-its buffers when the step is taken; a larger one reads each chunk into a
-chunk-sized work tensor that exists only during :meth:`ParameterTrajectory.advance`,
-then writes the buffers in a second pass. Between intervals exactly two
+that fits in one chunk gathers ``x_i`` into a fresh tensor, which becomes its
+snapshot when the step is taken; a larger one forms each chunk's differences in
+chunk-sized work tensors that exist only during :meth:`ParameterTrajectory.advance`,
+then copies ``x_i`` into a buffer in a second pass. Between intervals exactly two
 parameter-sized buffers are held. A step with a NaN/Inf, or a zero step (nothing
 moved: all frozen, or lr 0), leaves the snapshot ``x_{i-1}`` and the previous step
 ``d_{i-1}`` exactly as they were; the next interval is then measured from them, so
@@ -134,8 +138,8 @@ class _Bucket:
         self.gathers = any(len(covered) > 1 for _, _, covered in self.chunks)
         self.offloaded = self.snapshot.device != params[0].device
         self.sharded = any(is_dtensor(p) for p in params)
-        # In place, each buffer's chunk views and per-parameter views are made once (a view
-        # costs a dispatch); out of place the snapshot is replaced every step and needs none.
+        # In place, each buffer's chunk views and copy targets are made once (a view costs a
+        # dispatch); out of place the snapshot is replaced every step and needs none.
         in_place = () if self.out_of_place else (self.snapshot, self.previous)
         self.chunk_views = {id(buffer): [buffer[start:stop] for start, stop, _ in self.chunks] for buffer in in_place}
         # The write pass copies each chunk's pieces straight into the buffer (one foreach call),
@@ -451,9 +455,9 @@ class ParameterTrajectory:
         A pass that writes no buffer gives ``<d_i, d_{i-1}>`` and ``|d_i|^2`` with
         ``d_i = x_{i-1} - x_i``; the two scalars are brought to the host once (the
         only synchronisation, but for the float64 pass near +-1, see the module
-        docstring). Only then, for a finite nonzero step, ``d_i`` and ``x_i`` are
-        stored (out of place: the fresh tensors of that pass replace the buffers; in
-        place: a second chunked pass). Otherwise nothing is written and the
+        docstring). Only then, for a finite nonzero step, ``x_i`` becomes the snapshot
+        (out of place: the tensor that pass gathered; in place: one ``foreach`` copy)
+        and ``x_{i-1}`` the second buffer. Otherwise nothing is written and the
         statistics carry the ``fault``.
         """
         pieces = [b.pieces(b.current_params()) for b in self.buckets]
