@@ -275,9 +275,10 @@ def test_nearly_parallel_steps_take_the_float64_pass(monkeypatch):
 
 
 def test_previous_step_is_bit_for_bit_the_measured_one_in_either_form():
-    # After a step the older buffer holds x_{i-2}; d_{i-1} = x_{i-2} - x_{i-1} is formed from
-    # the same two fp32 values as when it was measured, so it has the same bits, also once
-    # rebase() stores it in place, and in the state dict.
+    # In place, after a step the older buffer holds x_{i-2}; d_{i-1} = x_{i-2} - x_{i-1} is
+    # formed from the same two fp32 values as when it was measured, so it has the same bits,
+    # also once rebase() stores it in place, and in the state dict. Out of place the buffer
+    # holds the measured d_{i-1} itself.
     params = make_params((torch.float32, torch.bfloat16))
     trajectory = ParameterTrajectory(params)
     snapshots = [[b.snapshot.clone() for b in trajectory.buckets]]
@@ -286,7 +287,7 @@ def test_previous_step_is_bit_for_bit_the_measured_one_in_either_form():
         trajectory.advance()
         snapshots.append([b.snapshot.clone() for b in trajectory.buckets])
     measured = [torch.sub(before, after) for before, after in zip(snapshots[-2], snapshots[-1])]
-    assert all(b.previous_is_snapshot for b in trajectory.buckets)
+    assert all(b.previous_is_snapshot != b.out_of_place for b in trajectory.buckets)
     assert_same_bits(bits([b.previous_step() for b in trajectory.buckets]), bits(measured))
     assert_same_bits(bits(trajectory.state_dict()["steps"]), bits(measured))
     trajectory.rebase()

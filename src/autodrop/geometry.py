@@ -113,9 +113,11 @@ class _Bucket:
     ways:
 
     - out of place, for a bucket that fits in one chunk (``chunk_size`` elements): ``x_i``
-      is gathered by one ``torch.cat`` into a fresh tensor, which becomes the snapshot
-      when the step is taken (a transient chunk-sized tensor or two; larger fresh
-      tensors would cost page faults on CPU every step);
+      is gathered by one ``torch.cat`` into a fresh tensor and ``d_i`` formed into
+      another; when the step is taken they become the snapshot and the previous step
+      (``previous`` then holds ``d_i`` itself: it was formed anyway), so nothing is
+      written twice (a transient two chunk-sized tensors; larger fresh tensors would
+      cost page faults on CPU every step);
     - in place, for larger buckets: a read-only pass for the reductions, chunk by chunk
       (:meth:`_chunk_plan`; each chunk's ``x_i`` is a view of one parameter or a run of
       small ones gathered by one ``torch.cat``, and at most three chunk-sized tensors
@@ -152,7 +154,7 @@ class _Bucket:
         self.copy_targets = {id(buffer): self._copy_targets(buffer) for buffer in in_place}
         self.pointers: list[int] | None = None
         self.cached_pieces: list[list[Tensor]] = []
-        self.staged: Tensor | None = None
+        self.staged: tuple[Tensor, Tensor] | None = None
 
     def _copy_targets(self, buffer: Tensor) -> list[Tensor]:
         """The views of ``buffer`` that the write pass copies ``x_i``'s pieces into: one per
@@ -261,8 +263,9 @@ class _Bucket:
 
         ``d`` is formed in the buffer dtype and its products are taken per chunk of at
         most ``chunk_size`` elements in the buffer dtype, or with ``precise`` in
-        float64. Out of place, ``x_i`` is gathered into a fresh tensor and kept
-        (``staged``) for :meth:`take_step` to adopt or :meth:`forget` to drop.
+        float64. Out of place, ``x_i`` is gathered into a fresh tensor and ``d`` formed
+        into another; both are kept (``staged``) for :meth:`take_step` to adopt or
+        :meth:`forget` to drop.
         """
         products: list[Tensor] = []
 
@@ -277,8 +280,10 @@ class _Bucket:
             return torch.zeros(3 if precise else 2, dtype=torch.float64, device=self.snapshot.device)
         if self.out_of_place:
             (run,) = pieces
-            self.staged = torch.cat(run, out=torch.empty_like(self.snapshot))
-            multiply(torch.sub(self.snapshot, self.staged), self.previous_step())
+            # cat makes its own output unless the pieces' dtype must be widened to the buffers'.
+            now = torch.cat(run) if run[0].dtype == self.dtype else torch.cat(run, out=torch.empty_like(self.snapshot))
+            self.staged = (now, torch.sub(self.snapshot, now))
+            multiply(self.staged[1], self.previous_step())
             return torch.stack(products)
         for snapshot, older, now, step, previous_step in self._chunks_of(pieces):
             torch.sub(snapshot, now, out=step)
@@ -286,27 +291,28 @@ class _Bucket:
         return torch.stack(products)
 
     def take_step(self, pieces: list[list[Tensor]]) -> None:
-        """Move to ``x_i`` (given by :meth:`pieces`): it becomes the snapshot, ``x_{i-1}``
-        the older buffer.
+        """Move to ``x_i`` (given by :meth:`pieces`): it becomes the snapshot.
 
-        Out of place the tensor :meth:`reduce_step` staged becomes the snapshot. In
-        place ``x_i`` is copied over the older buffer by one ``foreach`` copy of its
-        pieces, runs of tiny tensors gathered first, and the two buffers swap roles.
+        Out of place the tensors :meth:`reduce_step` staged, ``x_i`` and ``d_i``,
+        become the snapshot and the previous step. In place ``x_i`` is copied over the
+        older buffer by one ``foreach`` copy of its pieces (runs of tiny tensors
+        gathered first), and the buffers swap roles: ``x_{i-1}`` is the older one.
         """
         if self.out_of_place:
-            self.previous, self.snapshot = self.snapshot, self.staged
+            self.snapshot, self.previous = self.staged
             self.staged = None
-        else:
-            targets = self.copy_targets[id(self.previous)]
-            if targets:
-                torch._foreach_copy_(targets, self._copy_sources(pieces))
-            if self.gathered_runs:
-                gathered = torch.empty(min(self.numel, self.chunk_size), dtype=self.dtype, device=self.snapshot.device)
-                older = self.chunk_views[id(self.previous)]
-                for index in self.gathered_runs:
-                    run = older[index]
-                    run.copy_(torch.cat(pieces[index], out=gathered[: run.numel()]))
-            self.snapshot, self.previous = self.previous, self.snapshot
+            self.previous_is_snapshot = False
+            return
+        targets = self.copy_targets[id(self.previous)]
+        if targets:
+            torch._foreach_copy_(targets, self._copy_sources(pieces))
+        if self.gathered_runs:
+            gathered = torch.empty(min(self.numel, self.chunk_size), dtype=self.dtype, device=self.snapshot.device)
+            older = self.chunk_views[id(self.previous)]
+            for index in self.gathered_runs:
+                run = older[index]
+                run.copy_(torch.cat(pieces[index], out=gathered[: run.numel()]))
+        self.snapshot, self.previous = self.previous, self.snapshot
         self.previous_is_snapshot = True
 
     def forget(self) -> None:
