@@ -17,11 +17,12 @@ instead of 2).
 The step is used negated, ``d_i = x_{i-1} - x_i = -s_i``, so that it is the
 difference of the two snapshots in the order they are held;
 ``<d_i, d_{i-1}> = <s_i, s_{i-1}>`` and ``|d_i| = |s_i|``, so nothing downstream sees
-the sign. After an ordinary step the second buffer holds ``x_{i-2}``, not
-``d_{i-1}``: the step is then formed in cache from the two snapshots (the same
-subtraction of the same values, so the same bits), and taking the next step writes
-one buffer, ``x_i`` over ``x_{i-2}``. Before the snapshot moves without a step (after
-averaging) the second buffer is turned into ``d_{i-1}`` in place.
+the sign. In a bucket larger than one chunk, after an ordinary step the second
+buffer holds ``x_{i-2}``, not ``d_{i-1}``: the step is then formed in cache from the
+two snapshots (the same subtraction of the same values, so the same bits), and
+taking the next step writes one buffer, ``x_i`` over ``x_{i-2}``. Before the
+snapshot moves without a step (after averaging) the second buffer is turned into
+``d_{i-1}`` in place.
 
 Faults: the reductions are taken *before* anything is written, and the buffers are
 only updated once the host has seen that the step is finite and nonzero. A bucket
@@ -106,7 +107,7 @@ class _Bucket:
 
     The buffers hold the parameters' elements in order: ``snapshot`` is ``x_{i-1}``, and
     ``previous`` holds the previous step ``d_{i-1}`` itself, or, after an ordinary step
-    (``previous_is_snapshot``), the snapshot before, ``x_{i-2}``, from which
+    taken in place (``previous_is_snapshot``), the snapshot before, ``x_{i-2}``, from which
     ``d_{i-1} = x_{i-2} - x_{i-1}`` is formed when needed: bit for bit the ``d_{i-1}``
     that was measured, as the same two values are subtracted. Taking a step then writes
     one buffer, ``x_i`` over the older one, and the two swap roles. It goes one of two
@@ -462,9 +463,9 @@ class ParameterTrajectory:
         ``d_i = x_{i-1} - x_i``; the two scalars are brought to the host once (the
         only synchronisation, but for the float64 pass near +-1, see the module
         docstring). Only then, for a finite nonzero step, ``x_i`` becomes the snapshot
-        (out of place: the tensor that pass gathered; in place: one ``foreach`` copy)
-        and ``x_{i-1}`` the second buffer. Otherwise nothing is written and the
-        statistics carry the ``fault``.
+        (out of place: the tensor that pass gathered, with the ``d_i`` it formed as the
+        previous step; in place: one ``foreach`` copy, ``x_{i-1}`` staying as the second
+        buffer). Otherwise nothing is written and the statistics carry the ``fault``.
         """
         pieces = [b.pieces(b.current_params()) for b in self.buckets]
         dot, norm_sq = self._reduce_step(pieces, precise=False)
