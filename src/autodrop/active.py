@@ -261,11 +261,12 @@ class ActiveLR(Optimizer):
                 group["weight_decay"] = weight_decay
 
     def _base_step(self) -> None:
-        # The base's own step function: torch wraps a class's step in its hook runner
-        # once an instance exists, and the hooks already ran around this step(), so
-        # they must not run again here. (Type checkers see a bound method as a plain
-        # callable without __func__.)
-        base_step = super().step.__func__  # type: ignore[attr-defined]
+        # The base's own step function, the first after ActiveLR in the MRO: torch wraps a
+        # class's step in its hook runner once an instance exists, and the hooks already
+        # ran around this step(), so they must not run again here.
+        mro = type(self).__mro__
+        base = next(cls for cls in mro[mro.index(ActiveLR) + 1 :] if "step" in vars(cls))
+        base_step = vars(base)["step"]
         if getattr(base_step, "hooked", False):
             base_step = base_step.__wrapped__
         base_step(self)
