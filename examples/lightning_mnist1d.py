@@ -48,7 +48,7 @@ class MLP(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         optimizer = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        scheduler = AutoDrop(optimizer, threshold=h.threshold, window=h.window, delay=h.delay)
+        scheduler = AutoDrop(optimizer, detector="paper", threshold=h.threshold, window=h.window, delay=h.delay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 

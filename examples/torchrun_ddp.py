@@ -59,7 +59,7 @@ def main() -> None:
     else:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scheduler = AutoDrop(optimizer, threshold=0.5, max_threshold=5.0, window=3, delay=3)
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=0.5, max_threshold=5.0, window=3, delay=3)
 
     x, y = teacher_data(4096)
     x, y = x.to(device), y.to(device)

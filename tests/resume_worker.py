@@ -20,7 +20,7 @@ def build():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scheduler = AutoDrop(optimizer, threshold=0.5, max_threshold=2.0, delay=4)
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=0.5, max_threshold=2.0, delay=4)
     return model, optimizer, scheduler
 
 

@@ -342,7 +342,7 @@ def test_autodrop_drops_the_group_lr_and_keeps_the_multipliers():
     model = make_model()
     optimizer = ActiveSGD(model.parameters(), lr=0.1, momentum=0.9, steps_per_epoch=4)
     # a threshold no omega change can stay under: the drop comes at the first measured change
-    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=0.0, threshold=180.0, max_threshold=180.0, delay=0)
+    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=0.0, detector="paper", threshold=180.0, max_threshold=180.0, delay=0)
     batches = iter(make_batches(40))
     for epoch in range(6):
         for _ in range(4):

@@ -14,22 +14,28 @@ def spec(schedule: str, epochs: int = 4, lr: float = 0.05, seed: int = 0) -> Run
     return RunSpec("digits-cnn", schedule, "sgd", lr, seed, epochs, 64, device="cpu")
 
 
-def test_quick_plan_compares_every_schedule_and_sweeps_step_and_autodrop():
+def test_quick_plan_compares_the_default_with_step_cosine_and_the_paper_rule_over_three_seeds():
     specs = plan_runs(SUITES["quick"])
-    assert len({s.key for s in specs}) == len(specs)
-    compared = SUITES["quick"].schedules
-    assert {"constant", "step", "cosine", "plateau", "autodrop", "autodrop-smooth", "activesgd"} == set(compared)
-    at_task_lr = [s for s in specs if s.lr == 0.05]
-    assert sorted({s.schedule for s in at_task_lr}) == sorted(compared)
-    assert all(sorted(s.seed for s in at_task_lr if s.schedule == name) == [0, 1] for name in compared)
-    for name in ("step", "autodrop"):
-        assert sorted({s.lr for s in specs if s.schedule == name}) == [0.03, 0.05, 0.1, 0.15]
-    assert len(specs) == 2 * len(compared) + 2 * 3
-    assert {s.epochs for s in specs} == {20}
+    assert sorted((s.schedule, s.seed) for s in specs) == [
+        (name, seed) for name in sorted(("step", "cosine", "autodrop", "autodrop-paper")) for seed in range(3)]
+    assert {s.lr for s in specs} == {0.05} and {s.epochs for s in specs} == {60}
+
+
+def test_long_plan_is_the_detector_protocol():
+    specs = plan_runs(SUITES["long"])
+    assert len({s.key for s in specs}) == len(specs) and {s.epochs for s in specs} == {100}
+    for task in ("mnist-mlp", "mnist1d-cnn"):
+        runs = [s for s in specs if s.task == task]
+        for name in ("step", "cosine", "plateau", "autodrop-paper", "autodrop"):
+            assert sorted(s.seed for s in runs if s.schedule == name and s.lr == 0.05) == [0, 1, 2]
+        for name in ("step", "autodrop"):
+            assert sorted({s.lr for s in runs if s.schedule == name}) == [0.03, 0.05, 0.1, 0.15]
+    assert len(specs) == 2 * (5 * 3 + 2 * 3 * 3)
 
 
 def test_plan_overrides_and_bad_input():
-    specs = plan_runs(SUITES["quick"], schedules=["step"], seeds=3, epochs=5, lrs=[0.2, 0.01])
+    specs = plan_runs(SUITES["long"], schedules=["step"], seeds=3, epochs=5, lrs=[0.2, 0.01])
+    specs = [s for s in specs if s.task == "mnist-mlp"]
     assert sorted((s.lr, s.seed) for s in specs) == [(lr, seed) for lr in (0.01, 0.05, 0.2) for seed in range(3)]
     assert {s.epochs for s in specs} == {5}
     with pytest.raises(ValueError, match=r"--schedules \['nope'\] unknown; available"):
@@ -49,7 +55,7 @@ def test_step_schedule_drops_at_30_60_80_percent():
 
 
 def test_omega_is_the_same_from_autodrop_history_and_from_angular_velocity():
-    constant, autodrop = run_one(spec("constant")), run_one(spec("autodrop"))
+    constant, autodrop = run_one(spec("constant")), run_one(spec("autodrop-paper"))
     assert autodrop["drop_epochs"] == [] and autodrop["history"][-1]["threshold"] == 0.01
     # Same seed and no drop: the same training, measured by two different paths.
     assert constant["test_error"] == autodrop["test_error"]
@@ -59,7 +65,8 @@ def test_omega_is_the_same_from_autodrop_history_and_from_angular_velocity():
 
 
 def test_autodrop_drop_averages_and_refreshes_batchnorm(monkeypatch):
-    eager = Schedule("autodrop-eager", "always saturated", schedules._autodrop(threshold=180.0, max_threshold=180.0))
+    eager = Schedule("autodrop-eager", "always saturated",
+                     schedules._autodrop(detector="paper", threshold=180.0, max_threshold=180.0))
     monkeypatch.setitem(schedules.SCHEDULES, eager.name, eager)
     monkeypatch.setitem(runner.SCHEDULES, eager.name, eager)
     calls = []

@@ -14,7 +14,7 @@ def build():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    return model, optimizer, AutoDrop(optimizer, threshold=5.0, max_threshold=20.0, delay=3)
+    return model, optimizer, AutoDrop(optimizer, detector="paper", threshold=5.0, max_threshold=20.0, delay=3)
 
 
 def train(model, optimizer, scheduler, epochs):

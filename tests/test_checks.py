@@ -3,7 +3,7 @@ import torch
 
 from autodrop import AngularVelocity
 from autodrop.checks import check_choice, check_int, check_keys, check_real, check_tensors_like
-from autodrop.detector import SaturationDetector
+from autodrop.detectors import PaperRule
 from autodrop.geometry import ParameterTrajectory
 
 
@@ -47,6 +47,6 @@ def test_the_pieces_under_autodrop_check_their_arguments_too():
     with pytest.raises(ValueError, match="NaN or Inf"):
         ParameterTrajectory([torch.tensor([float("inf")])])
     with pytest.raises(ValueError, match=r"window must be an int >= 1, got 0"):
-        SaturationDetector(0.1, 1.0, window=0)
+        PaperRule(0.1, 1.0, window=0)
     with pytest.raises(ValueError, match=r"max_threshold must be >= threshold"):
-        SaturationDetector(0.1, 0.05)
+        PaperRule(0.1, 0.05)

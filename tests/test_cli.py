@@ -7,8 +7,7 @@ from autodrop.cli import main
 
 
 def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path), "--epochs", "12", "--samples", "1000", "--delay", "2",
-          "--threshold", "1.0", "--window", "1"])
+    main(["demo", "--out", str(tmp_path), "--epochs", "12", "--samples", "1000", "--delay", "2"])
     printed = capsys.readouterr().out
     assert "drops; final lr" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
@@ -59,3 +58,15 @@ def test_bench_without_its_data_is_a_clear_error(tmp_path):
         main(["bench", "--suite", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--schedules"):
         main(["bench", "--suite", "tiny", "--schedules", "weekly", "--out", str(tmp_path)])
+
+
+def test_calibrate_prints_every_detector_on_every_series(capsys):
+    main(["calibrate", "--replications", "3", "--length", "40", "--sigmas", "1"])
+    printed = capsys.readouterr().out
+    from autodrop.bench.calibrate import CANDIDATES
+
+    for name in CANDIDATES:
+        assert printed.count(name) == 7  # 3 saturating shapes, 3 linear rises, the NQM
+    assert "linear 0.2 deg/interval sigma 1" in printed and "nqm" in printed and "Targets for the default" in printed
+    with pytest.raises(SystemExit, match="--replications must be >= 1"):
+        main(["calibrate", "--replications", "0"])

@@ -16,7 +16,7 @@ def run_history(groups: int = 1):
     model = torch.nn.Linear(6, 1)
     params = [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.03}] if groups == 2 else model.parameters()
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    scheduler = AutoDrop(optimizer, threshold=180.0, max_threshold=180.0, delay=1, factor=0.5)
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=180.0, max_threshold=180.0, delay=1, factor=0.5)
     x = torch.randn(64, 6)
     y = x.sum(1, keepdim=True)
     for _ in range(5):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("stepping")
 def planar_setup(lr=0.1, **kwargs):
     param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     optimizer = torch.optim.SGD([param], lr=lr)
-    return param, optimizer, AutoDrop(optimizer, **kwargs), PlanarWalk(param)
+    return param, optimizer, AutoDrop(optimizer, **{"detector": "paper", **kwargs}), PlanarWalk(param)
 
 
 def events(scheduler):
@@ -91,7 +91,7 @@ def test_groups_drop_together_with_their_own_floors_and_threshold_caps():
     a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     b = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     optimizer = torch.optim.SGD([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.01}], lr=0.1)
-    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=[0.3, 0.004], threshold=0.4, max_threshold=1.0, delay=0)
+    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=[0.3, 0.004], detector="paper", threshold=0.4, max_threshold=1.0, delay=0)
     walk = PlanarWalk(a)
     scripted_run(scheduler.step, walk, [30.0] * 4)
     lrs = [r["lrs"] for r in scheduler.history if r["event"] == "drop"]
@@ -136,7 +136,7 @@ def test_real_training_run_drops_the_lr():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scheduler = AutoDrop(optimizer, threshold=0.5, max_threshold=2.0, delay=3)
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=0.5, max_threshold=2.0, delay=3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(30):
         order = torch.randperm(len(x), generator=generator)
@@ -169,10 +169,10 @@ def test_state_dict_loads_with_weights_only(tmp_path):
         ({"factor": float("nan")}, "factor"),
         ({"min_lr": -1e-3}, "min_lr"),
         ({"min_lr": [1e-4, 1e-4]}, "min_lr"),
-        ({"threshold": 0.0}, "threshold"),
-        ({"threshold": 2.0, "max_threshold": 1.0}, "max_threshold"),
+        ({"detector": "paper", "threshold": 0.0}, "threshold"),
+        ({"detector": "paper", "threshold": 2.0, "max_threshold": 1.0}, "max_threshold"),
         ({"delay": -1}, "delay"),
-        ({"window": 0}, "window"),
+        ({"detector": "paper", "window": 0}, "window"),
         ({"eps": 0.0}, "eps"),
         ({"snapshot_device": "nonsense"}, "snapshot_device"),
     ],
@@ -185,7 +185,7 @@ def test_bad_values_raise_value_error_naming_the_argument(kwargs, name):
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"delay": 2.5}, "delay"), ({"window": True}, "window"), ({"factor": "0.2"}, "factor"), ({"average": 1}, "average")],
+    [({"delay": 2.5}, "delay"), ({"detector": "paper", "window": True}, "window"), ({"factor": "0.2"}, "factor"), ({"average": 1}, "average")],
 )
 def test_bad_types_raise_type_error_naming_the_argument(kwargs, name):
     param = torch.nn.Parameter(torch.zeros(2))
@@ -205,7 +205,7 @@ def test_after_average_hook_runs_once_per_averaged_drop():
     calls = []
     param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     optimizer = torch.optim.SGD([param], lr=0.1)
-    scheduler = AutoDrop(optimizer, delay=2, after_average=lambda: calls.append(flat64([param])))
+    scheduler = AutoDrop(optimizer, detector="paper", delay=2, after_average=lambda: calls.append(flat64([param])))
     scripted_run(scheduler.step, PlanarWalk(param), [30.0] * 5)
     assert len(calls) == scheduler.num_drops >= 1
 
@@ -321,7 +321,7 @@ def test_a_group_added_later_joins_from_the_next_interval_and_counts_as_constant
     a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     optimizer = torch.optim.SGD([a], lr=0.1)
-    scheduler = AutoDrop(optimizer, delay=3)
+    scheduler = AutoDrop(optimizer, detector="paper", delay=3)
     walk = PlanarWalk(a)
     drive(walk, scheduler, [None, 30.0, 30.0])  # trigger at interval 3: k = 1
     assert scheduler.pending
@@ -350,7 +350,7 @@ def test_a_group_added_later_joins_from_the_next_interval_and_counts_as_constant
     step = flat64([a, b]) - snapshot
     stats = scheduler.velocity.last_statistics
     assert stats.norm_sq == pytest.approx(step @ step, rel=1e-12)
-    fresh = AutoDrop(optimizer, delay=3)
+    fresh = AutoDrop(optimizer, detector="paper", delay=3)
     fresh.load_state_dict(scheduler.state_dict())
     assert fresh.history == scheduler.history
 
@@ -389,10 +389,10 @@ def test_empty_optimizer_and_nonfinite_initial_params_are_rejected():
         ({"min_lr": [1e-4, -1.0]}, ValueError, r"min_lr has 2 values, the optimizer has 1"),
         ({"min_lr": [-1.0]}, ValueError, r"min_lr\[0\] must be >= 0, got -1.0"),
         ({"min_lr": "1e-4"}, TypeError, r"min_lr must be a real number"),
-        ({"threshold": float("inf")}, ValueError, r"threshold must be > 0, got inf"),
-        ({"max_threshold": 0.001}, ValueError, r"max_threshold must be >= threshold \(0.01\), got 0.001"),
+        ({"detector": "paper", "threshold": float("inf")}, ValueError, r"threshold must be > 0, got inf"),
+        ({"detector": "paper", "max_threshold": 0.001}, ValueError, r"max_threshold must be >= threshold \(0.01\), got 0.001"),
         ({"delay": -2}, ValueError, r"delay must be an int >= 0, got -2"),
-        ({"window": 1.0}, TypeError, r"window must be an int >= 1, got 1.0"),
+        ({"detector": "paper", "window": 1.0}, TypeError, r"window must be an int >= 1, got 1.0"),
         ({"eps": float("nan")}, ValueError, r"eps must be > 0, got nan"),
         ({"eps": "1e-8"}, TypeError, r"eps must be a real number"),
         ({"snapshot_device": 3}, TypeError, r"snapshot_device must be None, a str or a torch.device, got 3"),
@@ -445,7 +445,7 @@ def test_ten_thousand_intervals_keep_memory_flat_with_a_history_cap():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = AutoDrop(optimizer, threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
     generator = torch.Generator().manual_seed(0)
     buffer_bytes = scheduler.velocity.trajectory.buffer_bytes()
     marks = {}

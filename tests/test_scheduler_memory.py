@@ -67,7 +67,7 @@ def setup(dtype=torch.float32, **kwargs):
     net = model(dtype)
     params = list(net.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    return net, params, optimizer, AutoDrop(optimizer, **kwargs)
+    return net, params, optimizer, AutoDrop(optimizer, **{"detector": "paper", **kwargs})
 
 
 def buffer_bytes_bound(params, copies):
@@ -125,7 +125,7 @@ def test_mixed_dtypes_meet_the_bound_per_bucket():
     net = torch.nn.Sequential(*net[:4], Cast(torch.bfloat16), net[4].to(torch.bfloat16))
     params = list(net.parameters())
     optimizer = torch.optim.SGD(params, lr=0.01)
-    scheduler = AutoDrop(optimizer, threshold=180.0, max_threshold=180.0, delay=10)
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=180.0, max_threshold=180.0, delay=10)
     assert {p.dtype for p in params} == {torch.float32, torch.bfloat16}
     train(net, optimizer, scheduler, 2)
     assert held_tensor_bytes(scheduler, exclude=params) == buffer_bytes_bound(params, 2)

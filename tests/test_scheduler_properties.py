@@ -26,6 +26,7 @@ intervals = st.one_of(st.floats(0.0, 180.0), st.sampled_from(["stay", "nan"]))
 def settings_and_lr(draw):
     threshold = draw(st.floats(0.01, 60.0))
     kwargs = {
+        "detector": "paper",
         "factor": draw(st.floats(0.05, 0.95)),
         "min_lr": draw(st.floats(0.0, 0.5)),
         "threshold": threshold,
@@ -93,7 +94,7 @@ def build():
     model = torch.nn.Linear(3, 2)
     extra = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     optimizer = torch.optim.SGD([{"params": model.parameters()}, {"params": [extra], "lr": 0.5}], lr=0.1)
-    scheduler = AutoDrop(optimizer, threshold=30.0, max_threshold=60.0, delay=5, min_lr=[1e-4, 1e-3])
+    scheduler = AutoDrop(optimizer, detector="paper", threshold=30.0, max_threshold=60.0, delay=5, min_lr=[1e-4, 1e-3])
     walk = PlanarWalk(extra)
     generator = torch.Generator().manual_seed(1)
     return model, walk, scheduler, generator

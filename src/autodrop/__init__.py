@@ -1,7 +1,8 @@
 """autodrop: automatic learning-rate drops for PyTorch.
 
 ``AutoDrop`` drops the learning rate when the angular velocity of the parameter
-trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317);
+trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317), as judged by
+a pluggable detector: ``TrendTest`` (the default) or the paper's ``PaperRule``;
 ``AngularVelocity`` measures that angle alone, under any schedule;
 ``NoisyQuadratic`` is the paper's noisy quadratic model with Theorem 1;
 ``ShardedState`` checkpoints AutoDrop's sharded state with torch.distributed.checkpoint.
@@ -15,6 +16,7 @@ framework integrations live in ``autodrop.integrations`` and import lazily.
 from .active import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD
 from .adabelief import AdaBelief
 from .checkpoint import ShardedState
+from .detectors import Detector, PaperRule, TrendTest
 from .history_log import write_history_csv, write_history_tensorboard
 from .nqm import NoisyQuadratic
 from .scheduler import AutoDrop
@@ -29,8 +31,11 @@ __all__ = [
     "AdaBelief",
     "AngularVelocity",
     "AutoDrop",
+    "Detector",
     "NoisyQuadratic",
+    "PaperRule",
     "ShardedState",
+    "TrendTest",
     "write_history_csv",
     "write_history_tensorboard",
 ]

@@ -1,6 +1,6 @@
 """A short AutoDrop training run on MNIST-1D, generated locally (no download).
 
-Prints each LR drop and writes ``demo.png`` (omega, threshold, LR, loss) and
+Prints each LR drop and writes ``demo.png`` (omega, the detector's statistic, LR, loss) and
 ``history.csv`` (one row per epoch, :func:`autodrop.write_history_csv`).
 Needs the ``bench`` extra (mnist1d, matplotlib).
 """
@@ -23,8 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--samples", type=int, default=5000, help="MNIST-1D samples (80%% train)")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--threshold", type=float, default=0.2, help="theta_0 in degrees (paper: 0.01)")
-    parser.add_argument("--window", type=int, default=5, help="omega averaging window (paper: 1)")
     parser.add_argument("--delay", type=int, default=5, help="n_d in epochs (paper: 20 of 200)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -37,9 +35,9 @@ def run(args: argparse.Namespace) -> None:
         torch.nn.Linear(100, 10),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scheduler = AutoDrop(optimizer, threshold=args.threshold, window=args.window, delay=args.delay)
+    scheduler = AutoDrop(optimizer, delay=args.delay)
     print(f"MNIST-1D: {len(x)} train / {len(x_test)} test; SGD lr {args.lr}; "
-          f"AutoDrop threshold {args.threshold} deg, window {args.window}, delay {args.delay}")
+          f"AutoDrop with its default detector (trend test), delay {args.delay}")
     generator = torch.Generator().manual_seed(args.seed)
     losses = []
     for epoch in range(1, args.epochs + 1):

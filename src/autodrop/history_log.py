@@ -2,11 +2,13 @@
 
 Each record of ``AutoDrop.history`` (one per ``step()``) becomes the scalars
 
-    omega, delta, threshold (degrees; omega and delta absent while undefined),
+    omega (degrees), delta (the detector's statistic), threshold (its bound),
     lr (param group 0), lr_group1, lr_group2, ... (further groups),
-    trigger, drop (1.0 at that event, else 0.0)
+    trigger, drop (1.0 at that event, else 0.0),
+    and the detector's own statistics (the trend test: slope, noise, phase, passes, wait)
 
-so every logger shows the same names. TensorBoard needs the ``tensorboard``
+(undefined values are absent) so every logger shows the same names.
+TensorBoard needs the ``tensorboard``
 package (``pip install 'autodrop[tensorboard]'``); CSV needs nothing.
 """
 
@@ -21,6 +23,8 @@ from ._optional import import_optional
 
 __all__ = ["history_scalars", "write_history_csv", "write_history_tensorboard"]
 
+BASE_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
+
 
 def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """The loggable scalars of one history record (names in the module docstring)."""
@@ -30,11 +34,13 @@ def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         scalars["lr" if group == 0 else f"lr_group{group}"] = float(lr)
     scalars["trigger"] = float(record["event"] == "trigger")
     scalars["drop"] = float(record["event"] == "drop")
+    scalars.update({key: float(value) for key, value in record.items() if key not in BASE_KEYS and value is not None})
     return scalars
 
 
 def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write one CSV row per record: interval, omega, delta, threshold, event, lr, lr_group1, ...
+    """Write one CSV row per record: interval, omega, delta, threshold, event, lr, lr_group1, ...,
+    then the detector's statistics.
 
     Undefined values (omega, delta early on, no event) are empty cells; floats are
     written with ``repr`` so they read back exactly. Parent folders are created.
@@ -42,14 +48,18 @@ def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) ->
     """
     num_groups = max((len(record["lrs"]) for record in history), default=1)
     lr_columns = ["lr"] + [f"lr_group{group}" for group in range(1, num_groups)]
+    extra = list(dict.fromkeys(key for record in history for key in record if key not in BASE_KEYS))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["interval", "omega", "delta", "threshold", "event", *lr_columns])
+        writer.writerow(["interval", "omega", "delta", "threshold", "event", *lr_columns, *extra])
         for record in history:
             cells = [record["interval"], record["omega"], record["delta"], record["threshold"], record["event"]]
-            writer.writerow(["" if cell is None else cell for cell in cells] + list(record["lrs"]))
+            lrs = list(record["lrs"]) + [""] * (num_groups - len(record["lrs"]))
+            statistics = [record.get(key) for key in extra]
+            writer.writerow(["" if cell is None else cell for cell in cells] + lrs
+                            + ["" if cell is None else cell for cell in statistics])
     return path
 
 

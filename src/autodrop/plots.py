@@ -27,7 +27,7 @@ def plot_history(
     losses: Sequence[float] | None = None,
     title: str = "AutoDrop",
 ) -> Path:
-    """Write a PNG with omega (and theta), the LR of group 0, and optionally the loss.
+    """Write a PNG with omega, the detector's statistic and bound, the LR of group 0, and optionally the loss.
 
     ``history`` is ``AutoDrop.history``; ``losses`` has one value per record.
     Drops are marked by vertical lines on every panel.
@@ -43,9 +43,10 @@ def plot_history(
                     label="omega (deg)")
     delta_axis = omega_axis.twinx()
     delta_axis.semilogy(intervals, [r["delta"] if r["delta"] else float("nan") for r in history],
-                        color="tab:gray", alpha=0.6, label="|change| of averaged omega")
-    delta_axis.semilogy(intervals, [r["threshold"] for r in history], color="tab:red", ls="--", label="threshold")
-    delta_axis.set_ylabel("change, threshold (deg)")
+                        color="tab:gray", alpha=0.6, label="detector statistic (delta)")
+    delta_axis.semilogy(intervals, [r["threshold"] for r in history], color="tab:red", ls="--",
+                        label="its bound (threshold)")
+    delta_axis.set_ylabel("statistic, bound")
     omega_axis.set_ylabel("omega (deg)")
     lines = omega_axis.get_legend_handles_labels()
     more = delta_axis.get_legend_handles_labels()

@@ -3,11 +3,14 @@
 Once per measurement interval (an epoch by default):
 
 1. measure omega_i, the angle between the last two parameter steps;
-2. trigger: if no drop is pending and |omega_bar_i - omega_bar_{i-1}| < theta,
-   open the delay window (k := 0, z := 0); a pending drop is never re-armed;
+2. trigger: if no drop is pending and the saturation detector says omega has
+   saturated (the paper's rule: |omega_bar_i - omega_bar_{i-1}| < theta; the
+   default: a trend test, see :mod:`autodrop.detectors`), open the delay
+   window (k := 0, z := 0); a pending drop is never re-armed;
 3. while pending, the trigger interval included: k := k + 1, z := z + k x_i;
 4. at k == n_d: x := z / (n_d (n_d + 1) / 2) when averaging; for every group
-   lr := max(alpha_min, rho lr); theta := min(theta_max, theta / rho);
+   lr := max(alpha_min, rho lr); the detector starts its next phase (the
+   paper's rule: theta := min(theta_max, theta / rho));
    with n_d = 0 the drop happens at the trigger with no averaging;
 5. the next step is measured from the averaged parameters.
 
@@ -38,23 +41,35 @@ from .checks import (
     check_optional_real,
     check_real,
 )
-from .detector import SaturationDetector
+from .detectors import DETECTORS, Detector, PaperRule, make_detector
 from .distributed import local_tensor
 from .geometry import NONFINITE, ZERO_STEP
 from .velocity import AngularVelocity
 
 __all__ = ["AutoDrop"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 ON_NONFINITE = ("warn", "skip", "raise")
 EVENTS = (None, "trigger", "drop", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
 STATE_KEYS = (
-    "version", "factor", "min_lrs", "min_lr_per_group", "max_threshold", "delay", "average", "window",
-    "on_nonfinite", "max_history", "base_lrs", "last_epoch", "step_count", "last_lr", "pending",
+    "version", "factor", "min_lrs", "min_lr_per_group", "delay", "average", "on_nonfinite", "max_history", "base_lrs", "last_epoch", "step_count", "last_lr", "pending",
     "delay_count", "num_drops", "history", "detector", "velocity", "averaging",
 )
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
+
+
+def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A version-1 state (the paper's rule was the only detector) in version 2's layout; others as they are."""
+    version = state.get("version")
+    if type(version) is not int or version != 1 or not {"max_threshold", "window", "detector"} <= set(state):
+        return state
+    upgraded = {key: value for key, value in state.items() if key not in ("max_threshold", "window")}
+    detector = state["detector"] if isinstance(state["detector"], Mapping) else {}
+    upgraded["detector"] = {"name": PaperRule.name, "max_threshold": state["max_threshold"],
+                            "window": state["window"], **detector}
+    upgraded["version"] = 2
+    return upgraded
 
 
 def _set_lr(group: dict, lr: float) -> None:
@@ -70,13 +85,13 @@ class AutoDrop(LRScheduler):
     Call :meth:`step` once per measurement interval (an epoch), after training on
     it. Each call measures the angle :math:`\omega_i` (degrees) between the last
     two parameter steps :math:`s_i = x_i - x_{i-1}` over all parameters of the
-    optimizer. When the window-averaged :math:`\bar\omega` changes by less than the
-    threshold :math:`\theta`, a drop is triggered; the next :math:`n_d` intervals
+    optimizer and hands it to the saturation detector. When the detector says
+    omega has saturated, a drop is triggered; the next :math:`n_d` intervals
     (the trigger's included) accumulate :math:`z = \sum_{k=1}^{n_d} k\,x_k`, and at
     the :math:`n_d`-th the parameters become :math:`z / (n_d(n_d+1)/2)`, every
-    group's LR becomes :math:`\max(\alpha_{min}, \rho\,\mathrm{lr})` and
-    :math:`\theta \leftarrow \min(\theta_{max}, \theta / \rho)` (a group already
-    below its floor keeps its LR: a drop never raises an LR).
+    group's LR becomes :math:`\max(\alpha_{min}, \rho\,\mathrm{lr})` (a group
+    already below its floor keeps its LR: a drop never raises an LR) and the
+    detector starts its next phase.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``; all its param groups are
@@ -84,13 +99,18 @@ class AutoDrop(LRScheduler):
         factor: rho, the LR multiplier at a drop, ``0 < factor < 1`` (default 0.2).
         min_lr: alpha_min, the LR floor; a float, or one float per param group
             (default 1e-4).
-        threshold: theta_0, degrees, ``> 0`` (default 0.01).
-        max_threshold: theta_max, degrees, ``>= threshold`` (default 1.0).
+        detector: the saturation test: ``"trend"`` (default,
+            :class:`~autodrop.TrendTest`: an equivalence test on omega's trend,
+            calibrated to its noise), ``"paper"`` (:class:`~autodrop.PaperRule`:
+            the paper's ``|delta omega| < theta``), or any object with the
+            :class:`~autodrop.detectors.Detector` protocol.
+        threshold, max_threshold, window: the paper rule's theta_0 (degrees,
+            default 0.01), theta_max (default 1.0) and the number of omegas
+            averaged before their change is taken (default 1); only with
+            ``detector="paper"``.
         delay: n_d, intervals between the trigger and the drop, ``>= 0`` (default 20).
         average: replace the parameters by their linearly weighted average over
             the delay window at the drop (default True).
-        window: number of omega values averaged before their change is taken,
-            ``>= 1`` (default 1, the paper's deep-learning setting).
         eps: added to the norm product in the angle, ``> 0`` (default 1e-8).
         snapshot_device: device of the snapshot, step and averaging buffers;
             ``None`` keeps them beside the parameters, ``"cpu"`` keeps them off
@@ -153,11 +173,12 @@ class AutoDrop(LRScheduler):
         optimizer: Optimizer,
         factor: float = 0.2,
         min_lr: float | Sequence[float] = 1e-4,
-        threshold: float = 0.01,
-        max_threshold: float = 1.0,
+        detector: str | Detector = "trend",
+        threshold: float | None = None,
+        max_threshold: float | None = None,
         delay: int = 20,
         average: bool = True,
-        window: int = 1,
+        window: int | None = None,
         eps: float = 1e-8,
         snapshot_device: torch.device | str | None = None,
         after_average: Callable[[], None] | None = None,
@@ -171,7 +192,7 @@ class AutoDrop(LRScheduler):
         self.factor = check_real("factor", factor, "in (0, 1)", lambda v: 0 < v < 1)
         self.min_lr_per_group = isinstance(min_lr, (list, tuple))
         self.min_lrs = self._check_min_lr(min_lr)
-        self.detector = SaturationDetector(threshold, max_threshold, window)
+        self.detector = self._make_detector(detector, threshold=threshold, max_threshold=max_threshold, window=window)
         self.delay = check_int("delay", delay, 0)
         self.average = check_bool("average", average)
         eps = check_real("eps", eps, "> 0", lambda v: v > 0)
@@ -209,6 +230,19 @@ class AutoDrop(LRScheduler):
             return [check_real(f"min_lr[{i}]", v, ">= 0", lambda v: v >= 0) for i, v in enumerate(min_lr)]
         return [check_real("min_lr", min_lr, ">= 0", lambda v: v >= 0)] * num_groups
 
+    @staticmethod
+    def _make_detector(detector: str | Detector, **paper_options: Any) -> Detector:
+        given = {key: value for key, value in paper_options.items() if value is not None}
+        if detector == PaperRule.name:
+            return PaperRule(**given)
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} configure the paper's rule and need detector='paper' (detector is "
+                f"{detector if isinstance(detector, str) else type(detector).__name__!r}); configure another "
+                "detector by passing it as an object, e.g. detector=TrendTest(max_wait=40)"
+            )
+        return make_detector(detector)
+
     def _optimizer_params(self) -> list[Tensor]:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if not params:
@@ -227,7 +261,7 @@ class AutoDrop(LRScheduler):
 
     @property
     def threshold(self) -> float:
-        """Current threshold theta on the change of omega, degrees."""
+        """The detector's current bound on its statistic (the paper's rule: theta, degrees)."""
         return self.detector.threshold
 
     def buffer_bytes(self) -> int:
@@ -263,9 +297,9 @@ class AutoDrop(LRScheduler):
         self._step_count += 1
         self.last_epoch += 1
         if fault is None:
-            delta, event = self._decide(omega)
+            event, delta, statistics = self._decide(omega)
         else:
-            delta, event = None, "skipped"
+            event, delta, statistics = "skipped", None, dict.fromkeys(self.detector.statistics())
             self._warn_once(fault)
 
         self._last_lr = self._current_lrs()
@@ -278,16 +312,24 @@ class AutoDrop(LRScheduler):
                 "lrs": list(self._last_lr),
                 "event": event,
                 "reason": fault,
+                **statistics,
             }
         )
         if self.max_history is not None and len(self.history) > self.max_history:
             del self.history[: len(self.history) - self.max_history]
 
-    def _decide(self, omega: float | None) -> tuple[float | None, str | None]:
-        """Algorithm 1's trigger, delay window and drop for one measured interval."""
-        delta = self.detector.observe(omega) if omega is not None else None
+    def _decide(self, omega: float | None) -> tuple[str | None, float | None, dict[str, Any]]:
+        """Algorithm 1's trigger, delay window and drop for one measured interval.
+
+        Returns the event and the detector's ``delta`` and statistics as they were
+        when it decided (a drop starts its next phase).
+        """
+        saturated, delta, statistics = False, None, dict.fromkeys(self.detector.statistics())
+        if omega is not None:
+            saturated = self.detector.observe(omega)
+            delta, statistics = self.detector.delta, self.detector.statistics()
         event = None
-        if not self.pending and self.detector.saturated(delta):
+        if not self.pending and saturated:
             self.pending, self.delay_count, event = True, 0, "trigger"
             if self.average and self.delay > 0:
                 self.averager.start()
@@ -299,7 +341,7 @@ class AutoDrop(LRScheduler):
             if self.delay_count == self.delay:
                 self._drop()
                 event = "drop"
-        return delta, event
+        return event, delta, statistics
 
     def _warn_once(self, fault: str) -> None:
         if fault in self._warned or (fault == NONFINITE and self.on_nonfinite == "skip"):
@@ -370,7 +412,7 @@ class AutoDrop(LRScheduler):
             lr = float(group["lr"])
             # A group that starts below its floor keeps its LR: a drop never raises one.
             _set_lr(group, min(lr, max(floor, self.factor * lr)))
-        self.detector.grow_threshold(self.factor)
+        self.detector.on_drop(self.factor)
         self.pending = False
         self.delay_count = 0
         self.num_drops += 1
@@ -387,10 +429,8 @@ class AutoDrop(LRScheduler):
             "factor": self.factor,
             "min_lrs": list(self.min_lrs),
             "min_lr_per_group": self.min_lr_per_group,
-            "max_threshold": self.detector.max_threshold,
             "delay": self.delay,
             "average": self.average,
-            "window": self.detector.window,
             "on_nonfinite": self.on_nonfinite,
             "max_history": self.max_history,
             "base_lrs": list(self.base_lrs),
@@ -415,6 +455,7 @@ class AutoDrop(LRScheduler):
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"AutoDrop state must be a dict, got {type(state).__name__}")
+        state = _upgrade(state)
         version = state.get("version")
         if type(version) is not int or version != STATE_VERSION:
             raise ValueError(f"AutoDrop state version {version!r} is not supported (expected {STATE_VERSION})")
@@ -433,9 +474,7 @@ class AutoDrop(LRScheduler):
                 check_real(f"{name(key)}[{index}]", value, ">= 0", lambda v: v >= 0)
         for key in ("min_lr_per_group", "average", "pending"):
             check_bool(name(key), state[key])
-        max_threshold = check_real(name("max_threshold"), state["max_threshold"], "> 0", lambda v: v > 0)
         delay = check_int(name("delay"), state["delay"], 0)
-        window = check_int(name("window"), state["window"], 1)
         check_choice(name("on_nonfinite"), state["on_nonfinite"], ON_NONFINITE)
         max_history = None if state["max_history"] is None else check_int(name("max_history"), state["max_history"], 1)
         last_epoch = check_int(name("last_epoch"), state["last_epoch"], 0)
@@ -445,9 +484,9 @@ class AutoDrop(LRScheduler):
             check_int(name("delay_count"), state["delay_count"], 1, delay - 1)
         else:
             check_int(name("delay_count"), state["delay_count"], 0, 0)
-        self._check_history(state["history"], last_epoch, max_history)
+        self.detector.check_state(state["detector"], name("detector"))
+        self._check_history(state["history"], last_epoch, max_history, tuple(self.detector.statistics()))
 
-        self.detector.check_state(state["detector"], max_threshold, window, name("detector"))
         self.velocity.check_state(state["velocity"], name("velocity"))
         self.averager.check_state(state["averaging"], name("averaging"))
         window_open = state["pending"] and state["average"] and delay > 0
@@ -464,7 +503,7 @@ class AutoDrop(LRScheduler):
             )
 
     @staticmethod
-    def _check_history(history: Any, last_epoch: int, max_history: int | None) -> None:
+    def _check_history(history: Any, last_epoch: int, max_history: int | None, statistics: tuple[str, ...]) -> None:
         records = check_list("state['history']", history)
         expected = last_epoch if max_history is None else min(last_epoch, max_history)
         if len(records) != expected:
@@ -472,7 +511,9 @@ class AutoDrop(LRScheduler):
         first = last_epoch - len(records) + 1
         for index, record in enumerate(records):
             where = f"state['history'][{index}]"
-            check_keys(where, record, RECORD_KEYS)
+            check_keys(where, record, RECORD_KEYS + statistics)
+            for key in statistics:
+                check_optional_real(f"{where}[{key!r}]", record[key], "a real number", lambda v: True)
             check_int(f"{where}['interval']", record["interval"], first + index, first + index)
             check_optional_real(f"{where}['omega']", record["omega"], "in [0, 180]", lambda v: 0 <= v <= 180)
             check_optional_real(f"{where}['delta']", record["delta"], ">= 0", lambda v: v >= 0)
@@ -495,10 +536,9 @@ class AutoDrop(LRScheduler):
         and leaves the scheduler exactly as it was.
         """
         self.check_state(state_dict)
+        state_dict = _upgrade(state_dict)
         self.velocity.load_state_dict(state_dict["velocity"])
         self.averager.load_state_dict(state_dict["averaging"])
-        self.detector.window = state_dict["window"]
-        self.detector.max_threshold = float(state_dict["max_threshold"])
         self.detector.load_state_dict(state_dict["detector"])
         self.factor = float(state_dict["factor"])
         self.min_lrs = [float(v) for v in state_dict["min_lrs"]]

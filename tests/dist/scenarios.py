@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from autodrop import AutoDrop
+from autodrop import AutoDrop, TrendTest
 
 WORLD_SIZE = 2
 DDP_EPOCHS = 10
@@ -13,7 +13,13 @@ GLOBAL_BATCH = 32
 
 
 def autodrop(optimizer: torch.optim.Optimizer, **kwargs) -> AutoDrop:
-    return AutoDrop(optimizer, threshold=5.0, max_threshold=20.0, delay=3, window=2, **kwargs)
+    return AutoDrop(optimizer, detector="paper", threshold=5.0, max_threshold=20.0, delay=3, window=2, **kwargs)
+
+
+def autodrop_trend(optimizer: torch.optim.Optimizer) -> AutoDrop:
+    """The default detector, scaled to a 10-epoch run so that it triggers and drops."""
+    detector = TrendTest(window=4, min_intervals=3, patience=1, tolerance=10.0, horizon=5, max_wait=4)
+    return AutoDrop(optimizer, detector=detector, delay=2)
 
 
 def regression_data(seed: int, features: int, outputs: int, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import scenarios
 from autodrop.velocity import angle_degrees
 
 
-def single_process_run(as_ddp_sums: bool):
+def single_process_run(as_ddp_sums: bool, build=scenarios.autodrop):
     """The DDP run in one process on the same global batches.
 
     With ``as_ddp_sums`` each global batch's gradient is formed as DDP forms it
@@ -18,7 +18,7 @@ def single_process_run(as_ddp_sums: bool):
     x, y = scenarios.ddp_data()
     model = scenarios.ddp_model()
     optimizer = scenarios.sgd(model.parameters())
-    scheduler = scenarios.autodrop(optimizer)
+    scheduler = build(optimizer)
     params = list(model.parameters())
     for epoch in range(scenarios.DDP_EPOCHS):
         for batch in scenarios.global_batches(epoch, len(x)):
@@ -44,6 +44,16 @@ def test_ranks_record_identical_histories_equal_to_single_process(ranks):
     for result in ranks:
         assert result["ddp"]["history"] == history
         for a, b in zip(result["ddp"]["params"], params, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_the_default_detector_decides_identically_on_every_rank_and_as_one_process(ranks):
+    history, params = single_process_run(as_ddp_sums=True, build=scenarios.autodrop_trend)
+    assert sum(r["event"] == "drop" for r in history) >= 1, "the run must drop to exercise the decision"
+    assert "slope" in history[-1] and "passes" in history[-1]
+    for result in ranks:
+        assert result["ddp_trend"]["history"] == history
+        for a, b in zip(result["ddp_trend"]["params"], params, strict=True):
             assert torch.equal(a, b)
 
 

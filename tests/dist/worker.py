@@ -28,11 +28,11 @@ from autodrop import AngularVelocity, ShardedState
 from autodrop.averaging import WeightedAverage
 
 
-def ddp(rank: int) -> dict:
+def ddp(rank: int, build=scenarios.autodrop) -> dict:
     x, y = scenarios.ddp_data()
     model = DistributedDataParallel(scenarios.ddp_model())
     optimizer = scenarios.sgd(model.parameters())
-    scheduler = scenarios.autodrop(optimizer)
+    scheduler = build(optimizer)
     for epoch in range(scenarios.DDP_EPOCHS):
         for batch in scenarios.global_batches(epoch, len(x)):
             rows = scenarios.rank_rows(batch, rank)
@@ -276,7 +276,7 @@ def main() -> None:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     rank = dist.get_rank()
     single_rank_groups = [dist.new_group([r]) for r in range(dist.get_world_size())]
-    results = {"ddp": ddp(rank), "fsdp": fsdp(rank, single_rank_groups[rank]), "meshes": meshes(rank)}
+    results = {"ddp": ddp(rank), "ddp_trend": ddp(rank, scenarios.autodrop_trend), "fsdp": fsdp(rank, single_rank_groups[rank]), "meshes": meshes(rank)}
     results["resume"] = resume(rank, out_dir, results["fsdp"])
     results["errors"] = errors(single_rank_groups[rank])
     results["faults"] = faults(rank)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 # threshold 180 deg: the first defined change of omega (interval 3) triggers; delay 2
 # averages intervals 3 and 4 and drops at 4; the cap keeps the threshold at 180.
-SCHEDULE = dict(threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)
+SCHEDULE = dict(detector="paper", threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)
 LR = 0.1
 
 

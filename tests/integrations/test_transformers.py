@@ -15,7 +15,7 @@ from transformers import (
 
 from autodrop.integrations.transformers import STATE_FILE, AutoDropCallback
 
-SCHEDULE = dict(threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)  # trigger at 3, drop at 4
+SCHEDULE = dict(detector="paper", threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)  # trigger at 3, drop at 4
 LR = 0.1
 STEPS_PER_EPOCH = 8  # 256 samples, batch 32
 

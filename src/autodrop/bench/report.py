@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..detectors import student_t_quantile
 from ..plots import _pyplot, plot_history
 from .schedules import SCHEDULES
 from .tasks import TASKS
@@ -98,16 +99,103 @@ class _Runs:
         return _order(s for s in self.main_lrs if self.main(s))
 
 
-def _split_by_task(records: list[Record]) -> dict[str, _Runs]:
-    tasks: dict[str, list[Record]] = defaultdict(list)
+def _split_by_task(records: list[Record]) -> dict[tuple[str, str], _Runs]:
+    """The records by (task, optimizer): each optimizer family is compared at its own task LR."""
+    tasks: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for record in records:
-        tasks[record["task"]].append(record)
+        tasks[(record["task"], record["optimizer"])].append(record)
     result = {}
-    for name, task_records in tasks.items():
-        lr_of = {r["optimizer"]: TASKS[name].lr[r["optimizer"]] for r in task_records}
-        main_lrs = {r["schedule"]: lr_of[r["optimizer"]] for r in task_records}
-        result[name] = _Runs(task_records, main_lrs)
+    for (name, optimizer), task_records in sorted(tasks.items()):
+        lr = TASKS[name].lr[optimizer]
+        result[(name, optimizer)] = _Runs(task_records, {r["schedule"]: lr for r in task_records})
     return result
+
+
+def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """Mean of paired differences and its two-sided t interval ``(mean, low, high)``; None below 2 pairs."""
+    if len(differences) < 2:
+        return None
+    mean = statistics.mean(differences)
+    half = student_t_quantile((1 + level) / 2, len(differences) - 1) * statistics.stdev(differences)
+    half /= math.sqrt(len(differences))
+    return mean, mean - half, mean + half
+
+
+def _verdict(interval: tuple[float, float, float] | None) -> str:
+    if interval is None:
+        return "n < 2"
+    mean, low, high = interval
+    if low > 0:
+        word = "worse"
+    elif high < 0:
+        word = "better"
+    else:
+        word = "no evidence of a difference"
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] {word}"
+
+
+def _paired_to(runs: _Runs, schedule: str, reference: str, lr: float) -> tuple[float, float, float] | None:
+    base = {r["seed"]: r["final_test_error"] for r in runs.by_schedule_lr.get((reference, lr), [])}
+    group = runs.by_schedule_lr.get((schedule, lr), [])
+    return paired_interval([r["final_test_error"] - base[r["seed"]] for r in group if r["seed"] in base])
+
+
+def _drop_gap(record: Record) -> int:
+    """The longest stretch of epochs without a drop (from the start, between drops, to the end)."""
+    marks = [0, *record["drop_epochs"], record["epochs"]]
+    return max(b - a for a, b in zip(marks, marks[1:]))
+
+
+def _cells(runs: _Runs) -> list[str]:
+    """Per initial LR, each schedule's paired difference to step and to cosine with 95 % intervals."""
+    rows = []
+    for lr in sorted({lr for (_, lr) in runs.by_schedule_lr}):
+        for schedule in _order(s for (s, lr2) in runs.by_schedule_lr if lr2 == lr):
+            group = runs.by_schedule_lr[(schedule, lr)]
+            dropping = group[0]["history"] is not None
+            first = [str(r["drop_epochs"][0]) if r["drop_epochs"] else "none" for r in group]
+            rows.append([
+                f"{lr:g}", f"`{schedule}`", len(group),
+                _mean_std([r["final_test_error"] for r in group]) + _diverged(group),
+                "—" if schedule == "step" else _verdict(_paired_to(runs, schedule, "step", lr)),
+                "—" if schedule == "cosine" else _verdict(_paired_to(runs, schedule, "cosine", lr)),
+                ", ".join(first) if dropping else "—",
+                _mean_std([float(len(r["drop_epochs"])) for r in group], 1) if dropping else "—",
+                max(_drop_gap(r) for r in group) if dropping else "—",
+                _mean_std([float(r["best_epoch"]) for r in group], 1),
+            ])
+    header = ["initial LR", "schedule", "seeds", "final test error %", "− step, pp: mean [95 % CI]",
+              "− cosine, pp: mean [95 % CI]", "first drop epoch per seed", "drops per run",
+              "longest epochs without a drop", "epoch of best"]
+    return _table(header, rows)
+
+
+def _goal_check(split: dict[tuple[str, str], _Runs], schedule: str = "autodrop") -> list[str]:
+    """The detector issue's goals for the default row, from every cell that has it."""
+    worse, to_cosine, gaps, cells = [], [], [], 0
+    for (task, optimizer), runs in split.items():
+        for (name, lr), group in runs.by_schedule_lr.items():
+            if name != schedule:
+                continue
+            cells += 1
+            step = _paired_to(runs, schedule, "step", lr)
+            if step is not None and step[1] > 0:
+                worse.append(f"{task} {optimizer} LR {lr:g} ({_verdict(step)})")
+            cosine = _paired_to(runs, schedule, "cosine", lr)
+            if cosine is not None:
+                to_cosine.append(cosine[0])
+            gaps += [_drop_gap(r) for r in group]
+    if not cells:
+        return []
+    lines = ["## The default detector against the goals", "",
+             f"Over the {cells} task × optimizer × LR cells with `{schedule}` runs:", ""]
+    lines.append("- Worse than the step schedule beyond the 95 % interval in: " + ("; ".join(worse) or "no cell") + ".")
+    if to_cosine:
+        lines.append(f"- Paired difference to cosine, averaged over the {len(to_cosine)} cells that have cosine: "
+                     f"{statistics.mean(to_cosine):+.2f} pp (per cell: "
+                     + ", ".join(f"{d:+.2f}" for d in to_cosine) + ").")
+    lines.append(f"- Longest stretch without a drop in any run: {max(gaps)} epochs (goal: under 60).")
+    return lines + [""]
 
 
 def _comparison(runs: _Runs) -> list[str]:
@@ -141,10 +229,7 @@ def _trigger_evidence(runs: _Runs) -> list[str]:
         if not group or group[0]["history"] is None:
             continue
         settings = group[0]["settings"]
-        theta0 = group[0]["history"][0]["threshold"]
         triggered = [r for r in group if r["trigger_epochs"]]
-        deltas = [h["delta"] for r in group for h in r["history"] if h["delta"] is not None]
-        late_omega = [h["omega"] for r in group for h in r["history"][-5:] if h["omega"] is not None]
         lines.append(
             f"- `{schedule}` ({', '.join(f'{k} {v}' for k, v in settings.items())}): triggered in "
             f"{len(triggered)} of {len(group)} runs"
@@ -152,22 +237,51 @@ def _trigger_evidence(runs: _Runs) -> list[str]:
                f"{[r['drop_epochs'] for r in triggered]})" if triggered else "")
             + "."
         )
-        if deltas and late_omega:
-            median = statistics.median(deltas)
-            below = sum(d < theta0 for d in deltas)
-            lines.append(
-                f"  The epoch-to-epoch change of (window-averaged) omega had median {median:.3g} deg and "
-                f"minimum {min(deltas):.3g} deg; {below} of {len(deltas)} changes were below the initial "
-                f"threshold {theta0:g} deg. Omega over the last 5 epochs averaged "
-                f"{statistics.mean(late_omega):.1f} deg."
-            )
-            if median > 10 * theta0:
-                lines.append(
-                    f"  The typical change is {median / theta0:.0f}x the initial threshold: a trigger needs "
-                    "one change to fall below it by chance, so whether and when it fires here is noise, not "
-                    "a detected saturation (see the omega figure below)."
-                )
+        if "passes" in group[0]["history"][0]:
+            lines += _trend_evidence(group)
+        else:
+            lines += _paper_evidence(group)
     return lines + [""] if lines else []
+
+
+def _trend_evidence(group: list[Record]) -> list[str]:
+    """Which trend-test triggers were the test's (``passes`` consecutive passes) and which the maximum wait's."""
+    by_test = by_wait = 0
+    noise = [h["noise"] for r in group for h in r["history"] if h["noise"] is not None]
+    for record in group:
+        for epoch in record["trigger_epochs"]:
+            entry = record["history"][epoch - 1]
+            waited = entry["wait"] is not None and entry["phase"] >= entry["wait"]
+            by_wait += waited
+            by_test += not waited
+    line = f"  Of the triggers, {by_test} came from the trend test and {by_wait} from the maximum wait."
+    if noise:
+        line += (f" The residual sd of omega around its trend (the noise the test sees) had median "
+                 f"{statistics.median(noise):.2f} deg.")
+    return [line]
+
+
+def _paper_evidence(group: list[Record]) -> list[str]:
+    theta0 = group[0]["history"][0]["threshold"]
+    deltas = [h["delta"] for r in group for h in r["history"] if h["delta"] is not None]
+    late_omega = [h["omega"] for r in group for h in r["history"][-5:] if h["omega"] is not None]
+    if not (deltas and late_omega):
+        return []
+    median = statistics.median(deltas)
+    below = sum(d < theta0 for d in deltas)
+    lines = [
+        f"  The epoch-to-epoch change of (window-averaged) omega had median {median:.3g} deg and "
+        f"minimum {min(deltas):.3g} deg; {below} of {len(deltas)} changes were below the initial "
+        f"threshold {theta0:g} deg. Omega over the last 5 epochs averaged "
+        f"{statistics.mean(late_omega):.1f} deg."
+    ]
+    if median > 10 * theta0:
+        lines.append(
+            f"  The typical change is {median / theta0:.0f}x the initial threshold: a trigger needs "
+            "one change to fall below it by chance, so whether and when it fires here is noise, not "
+            "a detected saturation (see the omega figure below)."
+        )
+    return lines
 
 
 def _sweep(runs: _Runs) -> tuple[list[str], dict[str, list[tuple[float, list[float]]]]]:
@@ -365,10 +479,14 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
         "window and BatchNorm statistics are recomputed on the training inputs.",
         "",
     ]
+    split = _split_by_task(records)
+    lines += _goal_check(split)
     lines += _autodrop_cost(records)
-    for task, runs in _split_by_task(records).items():
-        lines += [f"## Task `{task}`", "", "### Test error at the compared LR (paper Table 1 analog)", ""]
+    for (task, optimizer), runs in split.items():
+        label = task if optimizer == "sgd" else f"{task}-{optimizer}"
+        lines += [f"## Task `{task}`, {optimizer}", "", "### Test error at the compared LR (paper Table 1 analog)", ""]
         lines += _comparison(runs)
+        lines += ["### Paired differences per initial LR (same seeds; 95 % t intervals)", ""] + _cells(runs)
         evidence = _trigger_evidence(runs)
         if evidence:
             lines += ["### Did AutoDrop trigger?", ""] + evidence
@@ -377,18 +495,18 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
             lines += ["### Robustness to the initial LR (paper Table 2 analog)", ""] + sweep_table
         lines += ["### Epochs to best (paper Fig. 7 analog)", ""] + _epochs_to_best(runs)
         lines += ["### Figures", ""]
-        curve_path = _plot_curves(runs, task, figures / f"{task}-curves.png")
+        curve_path = _plot_curves(runs, task, figures / f"{label}-curves.png")
         lines += ["LR, omega, train loss and test error against epochs (paper Fig. 6 analog)."
                   + _coinciding(runs), "", f"![{task} curves](figures/{curve_path.name})", ""]
         for schedule in runs.schedules:
             record = runs.main(schedule)[0]
             if record["history"] is not None:
-                path = plot_history(record["history"], figures / f"{task}-{schedule}-omega.png",
+                path = plot_history(record["history"], figures / f"{label}-{schedule}-omega.png",
                                     record["train_loss"], title=f"{task}: {schedule}, seed {record['seed']}")
                 lines += [f"`{schedule}`: omega, its change against the threshold (log scale), LR and loss:", "",
                           f"![{task} {schedule} omega](figures/{path.name})", ""]
         if curves:
-            path = _plot_sweep(curves, task, figures / f"{task}-lr-sweep.png")
+            path = _plot_sweep(curves, task, figures / f"{label}-lr-sweep.png")
             lines += ["Final test error against the initial LR:", "", f"![{task} LR sweep](figures/{path.name})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))

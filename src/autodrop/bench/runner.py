@@ -65,19 +65,24 @@ class Suite:
     epochs: dict[str, int] = field(default_factory=dict)
 
 
-_COMPARED = ("constant", "step", "cosine", "plateau", "autodrop", "autodrop-smooth", "activesgd")
+_COMPARED = ("constant", "step", "cosine", "plateau", "autodrop", "autodrop-paper", "autodrop-smooth", "activesgd")
 _PAPER_SWEEP = {"step": PAPER_LR_FACTORS, "autodrop": PAPER_LR_FACTORS}
 
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
-        Suite("quick", "real MNIST, MLP 256-256, 20 epochs: the main job, under 10 minutes on 2 cores "
-              "with --jobs 2", ("mnist-mlp",), _COMPARED, seeds=2, sweep=_PAPER_SWEEP, sweep_seeds=1),
+        Suite("quick", "real MNIST, MLP 256-256, 60 epochs, 3 seeds: the main job, under 10 minutes on 2 cores "
+              "with --jobs 2", ("mnist-mlp",), ("step", "cosine", "autodrop", "autodrop-paper"), seeds=3,
+              sweep={}, sweep_seeds=1, epochs={"mnist-mlp": 60}),
         Suite("standard", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 60 epochs, 4 seeds: hours on 2 cores",
               ("mnist-mlp", "mnist1d-cnn"), _COMPARED + ("activeadamw",), seeds=4,
               sweep={**_PAPER_SWEEP, "autodrop-smooth": PAPER_LR_FACTORS, "activesgd": ACTIVE_LR_FACTORS},
               sweep_seeds=4,
               epochs={"mnist-mlp": 60, "mnist1d-cnn": 60}),
+        Suite("long", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 100 epochs, 3 seeds: the detector protocol "
+              "(about 1.5 h on 2 cores with --jobs 2; AdamW rows with --optimizer adamw --lrs 0.001)",
+              ("mnist-mlp", "mnist1d-cnn"), ("step", "cosine", "plateau", "autodrop-paper", "autodrop"), seeds=3,
+              sweep=_PAPER_SWEEP, sweep_seeds=3, epochs={"mnist-mlp": 100, "mnist1d-cnn": 100}),
         Suite("cifar10", "ResNet-18 on CIFAR-10 from --data-dir, 200 epochs, the paper's setting (GPU)",
               ("cifar10-resnet18",), _COMPARED, seeds=4, sweep=_PAPER_SWEEP, sweep_seeds=4),
         Suite("tiny", "scikit-learn digits, small CNN with BatchNorm, 3 epochs: a smoke test, "

@@ -120,6 +120,6 @@ class AutoDropCallback(pl.Callback):
             if record["event"] == "drop":
                 pl.utilities.rank_zero_info(
                     f"AutoDrop: LR drop at interval {record['interval']} (epoch {trainer.current_epoch}): "
-                    f"lr {record['lrs'][0]:.4g}, threshold {record['threshold']:.4g} deg"
+                    f"lr {record['lrs'][0]:.4g}"
                 )
         self._logged = self.scheduler.last_epoch

@@ -5,7 +5,7 @@ optimizer step, so AutoDrop runs beside it as a callback:
 
     args = TrainingArguments(..., lr_scheduler_type="constant")
     trainer = Trainer(model=model, args=args, train_dataset=train)
-    trainer.add_callback(AutoDropCallback(trainer, delay=5, threshold=0.5))
+    trainer.add_callback(AutoDropCallback(trainer, delay=5))
     trainer.train()                      # or trainer.train(resume_from_checkpoint=True)
 
 Why ``lr_scheduler_type="constant"``: any other schedule moves the LR itself and
@@ -132,8 +132,8 @@ class AutoDropCallback(hf.TrainerCallback):
         self.trainer.log({self.prefix + name: value for name, value in history_scalars(record).items()})
         if record["event"] == "drop":
             logger.info(
-                "AutoDrop: LR drop at interval %d (global step %d): lr %.4g, threshold %.4g deg",
-                record["interval"], self.trainer.state.global_step, lrs[0], record["threshold"],
+                "AutoDrop: LR drop at interval %d (global step %d): lr %.4g",
+                record["interval"], self.trainer.state.global_step, lrs[0],
             )
 
 
