@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
+from autodrop import TrendTest
 from autodrop.integrations.transformers import AutoDropCallback
 
 VOCAB, LENGTH = 12, 16
@@ -41,8 +42,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/hf_trainer_tiny"))
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threshold", type=float, default=1.0, help="degrees (paper: 0.01, see README caveats)")
-    parser.add_argument("--window", type=int, default=3)
+    parser.add_argument("--max-wait", type=int, default=10,
+                        help="the trend test's maximum wait in epochs, sized for this short run (default 10)")
     parser.add_argument("--delay", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     args = parser.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
         compute_metrics=lambda p: {"error": float((p.predictions.argmax(-1) != p.label_ids).mean())},
     )
     callback = AutoDropCallback(
-        trainer, threshold=args.threshold, window=args.window, delay=args.delay, min_lr=1e-6
+        trainer, detector=TrendTest(max_wait=args.max_wait), delay=args.delay, min_lr=1e-6
     )
     trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=True if args.resume else None)

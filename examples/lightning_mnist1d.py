@@ -1,7 +1,7 @@
 """AutoDrop inside PyTorch Lightning: an MLP on MNIST-1D (generated locally, no download).
 
 AutoDrop is returned from ``configure_optimizers`` like any LR scheduler; the
-callback logs omega, threshold, LR and drops to the Trainer's logger (a CSV
+callback logs omega, the detector's statistics, LR and drops to the Trainer's logger (a CSV
 logger here) and would refresh BatchNorm statistics after an averaging drop.
 
     pip install 'autodrop[lightning,bench]'
@@ -24,7 +24,7 @@ from autodrop.integrations.lightning import AutoDropCallback
 
 
 class MLP(L.LightningModule):
-    def __init__(self, lr: float, threshold: float, window: int, delay: int):
+    def __init__(self, lr: float, delay: int):
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(
@@ -48,7 +48,7 @@ class MLP(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         optimizer = torch.optim.SGD(self.parameters(), lr=h.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        scheduler = AutoDrop(optimizer, detector="paper", threshold=h.threshold, window=h.window, delay=h.delay)
+        scheduler = AutoDrop(optimizer, delay=h.delay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
@@ -58,8 +58,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--samples", type=int, default=8000)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--threshold", type=float, default=0.2, help="degrees (paper: 0.01, see README caveats)")
-    parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--delay", type=int, default=5)
     args = parser.parse_args()
 
@@ -68,7 +66,7 @@ def main() -> None:
     x, y, x_test, y_test = mnist1d_tensors(args.samples)
     train = DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)
     test = DataLoader(TensorDataset(x_test, y_test), batch_size=1000)
-    model = MLP(args.lr, args.threshold, args.window, args.delay)
+    model = MLP(args.lr, args.delay)
     callback = AutoDropCallback()
     trainer = L.Trainer(
         max_epochs=args.epochs, accelerator="cpu", default_root_dir=args.out, logger=CSVLogger(args.out, name="logs"),

@@ -16,7 +16,7 @@ import argparse
 import torch
 import torch.distributed as dist
 
-from autodrop import AutoDrop, ShardedState
+from autodrop import AutoDrop, ShardedState, TrendTest
 
 
 def teacher_data(rows: int, features: int = 20, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +59,7 @@ def main() -> None:
     else:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    scheduler = AutoDrop(optimizer, detector="paper", threshold=0.5, max_threshold=5.0, window=3, delay=3)
+    scheduler = AutoDrop(optimizer, detector=TrendTest(max_wait=10), delay=3)  # a maximum wait sized for 30 epochs
 
     x, y = teacher_data(4096)
     x, y = x.to(device), y.to(device)

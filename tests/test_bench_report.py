@@ -1,6 +1,7 @@
 import csv
 import statistics
 
+import numpy as np
 import pytest
 
 from autodrop.bench.report import SUMMARY_COLUMNS, write_report
@@ -106,3 +107,32 @@ def test_autodrop_cost_without_timings_in_the_records_says_so(out):
     text = (out / "report.md").read_text()
     assert "| `digits-cnn` | 1442 | 0 of 3 | — | — | — | — |" in text
     assert "left out of the figures above: `digits-cnn` 3 of 3 AutoDrop runs." in text
+
+
+def test_paired_intervals_per_cell_and_the_goal_check(tmp_path):
+    from scipy import stats
+
+    finals = {"step": [2.0, 2.2, 2.1], "cosine": [1.9, 2.3, 2.0], "autodrop": [1.8, 2.0, 2.05]}
+    records = []
+    for schedule, errors in finals.items():
+        for seed, final in enumerate(errors):
+            drops = (2, 4) if schedule == "autodrop" else ()
+            deltas = [None, 1.0, 1.0, 1.0, 1.0] if schedule == "autodrop" else None
+            records.append(fake_record(schedule, 0.05, seed, [9.0, 5.0, 4.0, 3.0, final], drops=drops, deltas=deltas))
+    records += [fake_record("step", 0.1, seed, [9.0, 5.0, 4.0, 3.0, 2.0]) for seed in range(3)]
+    records += [fake_record("autodrop", 0.1, seed, [9.0, 5.0, 4.0, 3.0, 2.5 + 0.1 * seed], deltas=[None] * 5)
+                for seed in range(3)]
+    text = write_report(records, tmp_path, {"suite": "tiny"}).read_text()
+
+    differences = np.array(finals["autodrop"]) - np.array(finals["step"])
+    half = stats.t.ppf(0.975, 2) * differences.std(ddof=1) / np.sqrt(3)
+    mean = differences.mean()
+    expected = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] no evidence of a difference"
+    assert f"| 0.05 | `autodrop` | 3 | " in text and expected in text
+    # At LR 0.1 autodrop is 0.5-0.7 pp worse on every seed: the interval lies above 0; no cosine there.
+    assert "+0.60 [+0.35, +0.85] worse | — | none, none, none | 0.0 ± 0.0 | 5 |" in text
+    goal = text[text.index("## The default detector against the goals"):text.index("## AutoDrop's cost")]
+    assert "Worse than the step schedule beyond the 95 % interval in: digits-cnn sgd LR 0.1" in goal
+    cosine = float(np.mean(np.array(finals["autodrop"]) - np.array(finals["cosine"])))
+    assert f"averaged over the 1 cells that have cosine: {cosine:+.2f} pp" in goal
+    assert "Longest stretch without a drop in any run: 5 epochs" in goal

@@ -8,6 +8,7 @@ import torch
 
 from autodrop import AutoDrop, PaperRule, TrendTest
 
+from resume_worker import train_epoch
 from states import states_equal
 from trajectories import PlanarWalk, scripted_run
 
@@ -74,21 +75,12 @@ def training_setup(seed=0):
     return x, y, model, optimizer, scheduler
 
 
-def train_epoch(x, y, model, optimizer, epoch):
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1000 + epoch))
-    for start in range(0, len(x), 128):
-        batch = order[start : start + 128]
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-        optimizer.step()
-
-
 def test_real_training_resumes_bit_for_bit_from_every_interval():
     epochs = 34
     x, y, model, optimizer, scheduler = training_setup()
     checkpoints = []
     for epoch in range(epochs):
-        train_epoch(x, y, model, optimizer, epoch)
+        train_epoch(model, optimizer, x, y, epoch)
         scheduler.step()
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -104,7 +96,7 @@ def test_real_training_resumes_bit_for_bit_from_every_interval():
         resumed_optimizer.load_state_dict(state["optimizer"])
         resumed.load_state_dict(state["scheduler"])
         for epoch in range(stop, epochs):
-            train_epoch(x, y, resumed_model, resumed_optimizer, epoch)
+            train_epoch(resumed_model, resumed_optimizer, x, y, epoch)
             resumed.step()
         assert resumed.history == scheduler.history, f"resumed after interval {stop}"
         assert all(torch.equal(a, b) for a, b in zip(resumed_model.parameters(), final))

@@ -226,11 +226,12 @@ class TrendTest:
     trend omega moves less than :math:`\Delta` degrees over the next :math:`H`
     intervals (flat), or omega's climb has slowed to less than :math:`q` of its
     fastest pace in this phase (levelled off: at a fixed LR omega rises and then
-    saturates, the paper's P1). Noise alone hardly meets the relative bound:
-    :math:`b_{peak}` counts only the climb beyond its confidence margin, and a
-    steady rise never slows. Saturated after ``patience``
-    consecutive passes (a debounce: the test runs every interval), or when the
-    phase reaches its maximum wait.
+    saturates, the paper's P1). A steady rise never slows, and noise rarely
+    fakes a slowdown: it inflates :math:`b_{peak}` by a couple of :math:`s_b`,
+    and :math:`q` times that stays below the margin :math:`t\,s_b` inside
+    :math:`\delta`. Saturated after ``patience`` consecutive passes (a
+    debounce: the test runs every interval), or when the phase reaches its
+    maximum wait.
 
     The wait: omega saturates at the first LR within a few dozen intervals, but
     after a drop it climbs back for far longer (a smaller LR saturates later,
@@ -340,8 +341,8 @@ class TrendTest:
     def _settings(self) -> dict[str, Any]:
         return {
             "confidence": self.confidence, "tolerance": self.tolerance, "horizon": self.horizon,
-            "slowdown": self.slowdown, "window": self.window, "min_intervals": self.min_intervals, "patience": self.patience,
-            "max_wait": self.max_wait, "wait_factor": self.wait_factor,
+            "slowdown": self.slowdown, "window": self.window, "min_intervals": self.min_intervals,
+            "patience": self.patience, "max_wait": self.max_wait, "wait_factor": self.wait_factor,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -350,8 +351,8 @@ class TrendTest:
                 "first_phase": self.first_phase}
 
     def check_state(self, state: Any, name: str = "detector state") -> None:
-        _check_keys(name, state, self.name, (*self._settings(), "recent", "length", "passes", "peak_slope", "fired_at",
-                                                "first_phase"))
+        counters = ("recent", "length", "passes", "peak_slope", "fired_at", "first_phase")
+        _check_keys(name, state, self.name, (*self._settings(), *counters))
         try:
             settings = TrendTest(**{key: state[key] for key in self._settings()})
         except (TypeError, ValueError) as error:
@@ -371,12 +372,13 @@ class TrendTest:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check ``state`` completely (:meth:`check_state`), then apply it; the statistics are recomputed."""
         self.check_state(state)
-        self.__init__(**{key: state[key] for key in self._settings()})  # type: ignore[misc]
-        self._recent.extend(float(omega) for omega in state["recent"])
-        self.length = state["length"]
-        self.passes, self.fired_at, self.first_phase = state["passes"], state["fired_at"], state["first_phase"]
-        self.peak_slope = float(state["peak_slope"])
-        self._measure()
+        restored = TrendTest(**{key: state[key] for key in self._settings()})
+        restored._recent.extend(float(omega) for omega in state["recent"])
+        restored.length, restored.passes = state["length"], state["passes"]
+        restored.fired_at, restored.first_phase = state["fired_at"], state["first_phase"]
+        restored.peak_slope = float(state["peak_slope"])
+        restored._measure()
+        vars(self).update(vars(restored))
 
 
 DETECTORS: dict[str, type] = {PaperRule.name: PaperRule, TrendTest.name: TrendTest}

@@ -121,9 +121,11 @@ def paired_interval(differences: Sequence[float], level: float = 0.95) -> tuple[
     return mean, mean - half, mean + half
 
 
-def _verdict(interval: tuple[float, float, float] | None) -> str:
+def _verdict(differences: Sequence[float]) -> str:
+    """``mean [low, high] verdict`` of paired differences; "—" without pairs."""
+    interval = paired_interval(differences)
     if interval is None:
-        return "n < 2"
+        return f"{differences[0]:+.2f} (one seed)" if differences else "—"
     mean, low, high = interval
     if low > 0:
         word = "worse"
@@ -134,10 +136,11 @@ def _verdict(interval: tuple[float, float, float] | None) -> str:
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] {word}"
 
 
-def _paired_to(runs: _Runs, schedule: str, reference: str, lr: float) -> tuple[float, float, float] | None:
+def _paired_to(runs: _Runs, schedule: str, reference: str, lr: float) -> list[float]:
+    """Final test error of ``schedule`` minus ``reference``'s at the same LR and seed, per seed."""
     base = {r["seed"]: r["final_test_error"] for r in runs.by_schedule_lr.get((reference, lr), [])}
     group = runs.by_schedule_lr.get((schedule, lr), [])
-    return paired_interval([r["final_test_error"] - base[r["seed"]] for r in group if r["seed"] in base])
+    return [r["final_test_error"] - base[r["seed"]] for r in group if r["seed"] in base]
 
 
 def _drop_gap(record: Record) -> int:
@@ -179,11 +182,12 @@ def _goal_check(split: dict[tuple[str, str], _Runs], schedule: str = "autodrop")
                 continue
             cells += 1
             step = _paired_to(runs, schedule, "step", lr)
-            if step is not None and step[1] > 0:
+            interval = paired_interval(step)
+            if interval is not None and interval[1] > 0:
                 worse.append(f"{task} {optimizer} LR {lr:g} ({_verdict(step)})")
             cosine = _paired_to(runs, schedule, "cosine", lr)
-            if cosine is not None:
-                to_cosine.append(cosine[0])
+            if cosine:
+                to_cosine.append(statistics.mean(cosine))
             gaps += [_drop_gap(r) for r in group]
     if not cells:
         return []

@@ -63,7 +63,7 @@ class AutoDropCallback(hf.TrainerCallback):
             (for step-based training, e.g. ``max_steps``).
         prefix: prefix of the logged names (default ``"autodrop/"``).
         **autodrop_kwargs: passed to :class:`autodrop.AutoDrop` (``factor``,
-            ``delay``, ``threshold``, ...); names are checked here.
+            ``delay``, ``detector``, ...); names are checked here.
 
     Example:
         >>> trainer.add_callback(AutoDropCallback(trainer, delay=5))  # doctest: +SKIP
