@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autodrop import AutoDrop
+from autodrop import AutoDrop, TrendTest
 
 from states import MUTATIONS, load_exactly_or_fail_cleanly, mutated, paths, states_equal
 from trajectories import PlanarWalk
@@ -88,13 +88,17 @@ def test_invariants_hold_over_random_omega_sequences_and_faults(config, script):
     assert scheduler.num_drops == len(drops)
 
 
-def build():
+def build(detector="paper"):
     """A scheduler over two (device, dtype) buckets, left inside an averaging window with some skipped intervals."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     extra = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     optimizer = torch.optim.SGD([{"params": model.parameters()}, {"params": [extra], "lr": 0.5}], lr=0.1)
-    scheduler = AutoDrop(optimizer, detector="paper", threshold=30.0, max_threshold=60.0, delay=5, min_lr=[1e-4, 1e-3])
+    if detector == "paper":
+        options = {"detector": "paper", "threshold": 30.0, "max_threshold": 60.0}
+    else:  # a trend test that passes as soon as it may test: 3 omegas, then one pass
+        options = {"detector": TrendTest(tolerance=100.0, horizon=1, window=4, min_intervals=3, patience=1)}
+    scheduler = AutoDrop(optimizer, delay=5, min_lr=[1e-4, 1e-3], **options)
     walk = PlanarWalk(extra)
     generator = torch.Generator().manual_seed(1)
     return model, walk, scheduler, generator
@@ -110,8 +114,8 @@ def advance(model, walk, scheduler, generator, turns):
         scheduler.step()
 
 
-def saved_state():
-    model, walk, scheduler, generator = build()
+def saved_state(detector="paper"):
+    model, walk, scheduler, generator = build(detector)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         advance(model, walk, scheduler, generator, [0.0, 10.0, 12.0, None, 12.5, 13.0])
@@ -120,6 +124,7 @@ def saved_state():
 
 
 GOOD = saved_state()
+GOOD_TREND = saved_state("trend")
 
 
 ALL_PATHS = list(paths(GOOD))
@@ -131,9 +136,22 @@ mutation_paths = st.one_of(st.sampled_from(TOP_LEVEL), st.sampled_from(ALL_PATHS
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(mutation_paths, st.sampled_from(MUTATIONS)), min_size=1, max_size=3))
 def test_a_mutated_checkpoint_loads_exactly_or_fails_clearly_and_changes_nothing(mutations):
-    model, walk, target, generator = build()
+    fuzz_one_checkpoint("paper", GOOD, mutations)
+
+
+TREND_PATHS = list(paths(GOOD_TREND))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(TREND_PATHS), st.sampled_from(MUTATIONS)), min_size=1, max_size=3))
+def test_a_mutated_trend_checkpoint_loads_exactly_or_fails_clearly_and_changes_nothing(mutations):
+    fuzz_one_checkpoint("trend", GOOD_TREND, mutations)
+
+
+def fuzz_one_checkpoint(detector, good, mutations):
+    model, walk, target, generator = build(detector)
     advance(model, walk, target, generator, [0.0, 40.0])
-    if load_exactly_or_fail_cleanly(target, mutated(GOOD, mutations)):
+    if load_exactly_or_fail_cleanly(target, mutated(good, mutations)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             advance(model, walk, target, generator, [5.0, None, 7.0])  # a loaded state also runs on
