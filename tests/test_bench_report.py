@@ -128,7 +128,7 @@ def test_paired_intervals_per_cell_and_the_goal_check(tmp_path):
     half = stats.t.ppf(0.975, 2) * differences.std(ddof=1) / np.sqrt(3)
     mean = differences.mean()
     expected = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] no evidence of a difference"
-    assert f"| 0.05 | `autodrop` | 3 | " in text and expected in text
+    assert "| 0.05 | `autodrop` | 3 | " in text and expected in text
     # At LR 0.1 autodrop is 0.5-0.7 pp worse on every seed: the interval lies above 0; no cosine there.
     assert "+0.60 [+0.35, +0.85] worse | — | none, none, none | 0.0 ± 0.0 | 5 |" in text
     goal = text[text.index("## The default detector against the goals"):text.index("## AutoDrop's cost")]
@@ -136,3 +136,5 @@ def test_paired_intervals_per_cell_and_the_goal_check(tmp_path):
     cosine = float(np.mean(np.array(finals["autodrop"]) - np.array(finals["cosine"])))
     assert f"averaged over the 1 cells that have cosine: {cosine:+.2f} pp" in goal
     assert "Longest stretch without a drop in any run: 5 epochs" in goal
+    spreads = [statistics.stdev(v) for v in finals.values()] + [0.0, 0.1]
+    assert f"median sd of {statistics.median(spreads):.2f} pp" in text and "cannot be told from noise" in text

@@ -160,9 +160,9 @@ def test_trend_resumes_identically_from_every_state(seed):
         resumed = TrendTest()  # other settings: the state carries them
         resumed.load_state_dict(first.state_dict())
         assert resumed.state_dict() == first.state_dict()
-        for (omega, drop), (saturated, delta, threshold, stats) in zip(script[cut:], expected[cut:]):
+        for (omega, drop), (saturated, delta, threshold, recorded) in zip(script[cut:], expected[cut:]):
             assert (resumed.observe(omega), resumed.delta, resumed.threshold, resumed.statistics()) == (
-                saturated, delta, threshold, stats)
+                saturated, delta, threshold, recorded)
             if drop:
                 resumed.on_drop(0.2)
 

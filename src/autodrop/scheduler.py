@@ -41,7 +41,7 @@ from .checks import (
     check_optional_real,
     check_real,
 )
-from .detectors import DETECTORS, Detector, PaperRule, make_detector
+from .detectors import Detector, PaperRule, make_detector
 from .distributed import local_tensor
 from .geometry import NONFINITE, ZERO_STEP
 from .velocity import AngularVelocity
@@ -53,8 +53,9 @@ ON_NONFINITE = ("warn", "skip", "raise")
 EVENTS = (None, "trigger", "drop", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
 STATE_KEYS = (
-    "version", "factor", "min_lrs", "min_lr_per_group", "delay", "average", "on_nonfinite", "max_history", "base_lrs", "last_epoch", "step_count", "last_lr", "pending",
-    "delay_count", "num_drops", "history", "detector", "velocity", "averaging",
+    "version", "factor", "min_lrs", "min_lr_per_group", "delay", "average", "on_nonfinite", "max_history",
+    "base_lrs", "last_epoch", "step_count", "last_lr", "pending", "delay_count", "num_drops", "history",
+    "detector", "velocity", "averaging",
 )
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
@@ -103,7 +104,8 @@ class AutoDrop(LRScheduler):
             :class:`~autodrop.TrendTest`: an equivalence test on omega's trend,
             calibrated to its noise), ``"paper"`` (:class:`~autodrop.PaperRule`:
             the paper's ``|delta omega| < theta``), or any object with the
-            :class:`~autodrop.detectors.Detector` protocol.
+            :class:`~autodrop.detectors.Detector` protocol (the scheduler owns
+            it from then on: every step changes its state).
         threshold, max_threshold, window: the paper rule's theta_0 (degrees,
             default 0.01), theta_max (default 1.0) and the number of omegas
             averaged before their change is taken (default 1); only with

@@ -10,7 +10,6 @@ other and with single-process references.
 from __future__ import annotations
 
 import datetime
-import os
 import sys
 from pathlib import Path
 
