@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from autodrop import AutoDrop
+from autodrop import AutoDrop, TrendTest
 from autodrop.integrations.lightning import AutoDropCallback
 
 pytestmark = pytest.mark.filterwarnings(
@@ -28,9 +28,11 @@ LR = 0.1
 
 
 class Regression(L.LightningModule):
-    def __init__(self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True, max_history=None):
+    def __init__(self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True, max_history=None,
+                 schedule=None):
         super().__init__()
         self.max_history = max_history
+        self.schedule = SCHEDULE if schedule is None else schedule
         layers = [torch.nn.Linear(8, 16)] + ([torch.nn.BatchNorm1d(16)] if batchnorm else []) + [torch.nn.Tanh()]
         self.net = torch.nn.Sequential(*layers, torch.nn.Linear(16, 1))
         self.after_average = after_average
@@ -47,7 +49,8 @@ class Regression(L.LightningModule):
         optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
         if not self.with_autodrop:
             return optimizer
-        scheduler = AutoDrop(optimizer, after_average=self.after_average, max_history=self.max_history, **SCHEDULE)
+        schedule = {key: copy.deepcopy(value) for key, value in self.schedule.items()}  # a fresh detector per fit
+        scheduler = AutoDrop(optimizer, after_average=self.after_average, max_history=self.max_history, **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
@@ -125,6 +128,29 @@ def test_callback_logs_every_step_of_autodrop_to_the_trainer_loggers(tmp_path, c
         if record["omega"] is not None:
             assert float(row["autodrop/omega"]) == pytest.approx(record["omega"])
     assert "AutoDrop: LR drop at interval 4" in caplog.text
+
+
+def trend_schedule():
+    """The default detector, scaled to a 12-epoch fit: it tests from 3 omegas on and waits at most 4."""
+    return dict(detector=TrendTest(window=4, min_intervals=3, patience=1, max_wait=4), delay=2, factor=0.5)
+
+
+def test_the_default_detector_logs_its_statistics_and_resumes_inside_a_phase(tmp_path):
+    full, _ = fit(tmp_path / "full", epochs=12, callbacks=[AutoDropCallback()],
+                  logger=CSVLogger(tmp_path / "full", name="logs"), schedule=trend_schedule())
+    history = scheduler_of(full).history
+    assert sum(r["event"] == "drop" for r in history) >= 2
+    for row, record in zip(logged_rows(full), history, strict=True):
+        for key in ("slope", "noise", "passes", "phase", "wait"):
+            assert (row[f"autodrop/{key}"] == "") == (record[key] is None)
+            if record[key] is not None:
+                assert float(row[f"autodrop/{key}"]) == pytest.approx(record[key])
+    fit(tmp_path / "first", epochs=10, schedule=trend_schedule())
+    checkpoint = tmp_path / "first" / "checkpoints" / "epoch=9.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)["lr_schedulers"][0]
+    assert saved["pending"] and saved["detector"]["first_phase"] is not None  # in the second phase's window
+    resumed, _ = fit(tmp_path / "resumed", epochs=12, ckpt_path=checkpoint, schedule=trend_schedule())
+    assert scheduler_of(resumed).history == history
 
 
 def test_callback_logs_every_interval_when_the_history_is_capped(tmp_path):
