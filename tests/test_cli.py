@@ -70,3 +70,5 @@ def test_calibrate_prints_every_detector_on_every_series(capsys):
     assert "linear 0.2 deg/interval sigma 1" in printed and "nqm" in printed and "Targets for the default" in printed
     with pytest.raises(SystemExit, match="--replications must be >= 1"):
         main(["calibrate", "--replications", "0"])
+    with pytest.raises(SystemExit, match="--sigmas must be finite and >= 0"):
+        main(["calibrate", "--sigmas", "1", "-2"])

@@ -36,6 +36,13 @@ def test_the_default_detector_is_the_trend_test_and_paper_options_need_the_paper
     with pytest.raises(ValueError, match="detector must be one of"):
         planar("sasa")
 
+    class Shadowing(TrendTest):
+        def statistics(self):
+            return {**super().statistics(), "omega": 1.0}
+
+    with pytest.raises(ValueError, match=r"detector statistics \['omega'\] clash with the history record's own keys"):
+        planar(Shadowing())
+
 
 def test_a_flat_omega_triggers_after_the_test_passes_and_records_its_statistics():
     _, _, scheduler, walk = planar(small_trend(), delay=2)

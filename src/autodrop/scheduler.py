@@ -243,7 +243,11 @@ class AutoDrop(LRScheduler):
                 f"{detector if isinstance(detector, str) else type(detector).__name__!r}); configure another "
                 "detector by passing it as an object, e.g. detector=TrendTest(max_wait=40)"
             )
-        return make_detector(detector)
+        made = make_detector(detector)
+        clashes = sorted(set(made.statistics()) & set(RECORD_KEYS))
+        if clashes:
+            raise ValueError(f"detector statistics {clashes} clash with the history record's own keys {RECORD_KEYS}")
+        return made
 
     def _optimizer_params(self) -> list[Tensor]:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]

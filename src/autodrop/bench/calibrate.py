@@ -133,12 +133,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="omega noise sd in degrees (default 0.25 1 2 3)")
     parser.add_argument("--length", type=int, default=100,
                         help="intervals per series, the budget false alarms are counted in (default 100)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic noise (default 0)")
 
 
 def run(args: argparse.Namespace) -> None:
     if args.replications < 1 or args.length < 10:
         raise SystemExit("autodrop calibrate: --replications must be >= 1 and --length >= 10")
+    if not all(math.isfinite(sigma) and sigma >= 0 for sigma in args.sigmas):
+        raise SystemExit(f"autodrop calibrate: --sigmas must be finite and >= 0, got {args.sigmas}")
     torch.set_num_threads(1)
     print(f"{'detector':34s} {'series':38s} {'fire - saturation':>22s} {'never':>9s} {'false alarm':>10s}")
     print(f"{'':34s} {'':38s} {'median [p10, p90]':>22s} {'(<=60 after)':>9s} {'(any fire)':>10s}")
