@@ -275,7 +275,7 @@ def _trigger_evidence(runs: _Runs) -> list[str]:
 
 
 def _trend_evidence(group: list[Record]) -> list[str]:
-    """Which trend-test triggers were the test's (``passes`` consecutive passes) and which the maximum wait's."""
+    """Which trend-test triggers the test made (``passes`` in a row) and which its wait made."""
     by_test = by_wait = 0
     noise = [h["noise"] for r in group for h in r["history"] if h["noise"] is not None]
     for record in group:
@@ -284,7 +284,8 @@ def _trend_evidence(group: list[Record]) -> list[str]:
             waited = entry["wait"] is not None and entry["phase"] >= entry["wait"]
             by_wait += waited
             by_test += not waited
-    line = f"  Of the triggers, {by_test} came from the trend test and {by_wait} from the maximum wait."
+    line = (f"  Of the triggers, {by_test} came from the trend test and {by_wait} from the wait (the first "
+            "phase's pacing or `max_wait`).")
     if noise:
         line += (f" The residual sd of omega around its trend (the noise the test sees) had median "
                  f"{statistics.median(noise):.2f} deg.")
