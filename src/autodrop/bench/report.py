@@ -534,7 +534,7 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
             if record["history"] is not None:
                 path = plot_history(record["history"], figures / f"{label}-{schedule}-omega.png",
                                     record["train_loss"], title=f"{task}: {schedule}, seed {record['seed']}")
-                lines += [f"`{schedule}`: omega, its change against the threshold (log scale), LR and loss:", "",
+                lines += [f"`{schedule}`: omega, the detector's statistic against its bound (log scale), LR and loss:", "",
                           f"![{task} {schedule} omega](figures/{path.name})", ""]
         if curves:
             path = _plot_sweep(curves, task, figures / f"{label}-lr-sweep.png")
