@@ -7,16 +7,17 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from autodrop import AutoDrop, write_history_csv, write_history_tensorboard
+from autodrop import AutoDrop, TrendTest, write_history_csv, write_history_tensorboard
 from autodrop.history_log import history_scalars
 
 
-def run_history(groups: int = 1):
+def run_history(groups: int = 1, detector=None):
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 1)
     params = [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.03}] if groups == 2 else model.parameters()
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    scheduler = AutoDrop(optimizer, detector="paper", threshold=180.0, max_threshold=180.0, delay=1, factor=0.5)
+    options = {"detector": "paper", "threshold": 180.0, "max_threshold": 180.0} if detector is None else {"detector": detector}
+    scheduler = AutoDrop(optimizer, delay=1, factor=0.5, **options)
     x = torch.randn(64, 6)
     y = x.sum(1, keepdim=True)
     for _ in range(5):
@@ -89,3 +90,18 @@ def test_tensorboard_without_the_package_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'autodrop\[tensorboard\]'"):
         write_history_tensorboard(run_history(), tmp_path)
+
+
+def test_the_trend_test_statistics_become_columns_and_scalars(tmp_path):
+    history = run_history(detector=TrendTest(window=3, min_intervals=3, patience=1, max_wait=3))
+    assert any(r["event"] == "drop" for r in history) and any(r["slope"] is not None for r in history)
+    path = write_history_csv(history, tmp_path / "history.csv")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    statistics = ["slope", "noise", "phase", "passes", "wait"]
+    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "lr", *statistics]
+    for row, record in zip(rows, history, strict=True):
+        assert [None if row[key] == "" else float(row[key]) for key in statistics] == [record[key] for key in statistics]
+        scalars = history_scalars(record)
+        assert {key: scalars[key] for key in statistics if key in scalars} == {
+            key: float(record[key]) for key in statistics if record[key] is not None}

@@ -7,9 +7,8 @@ Each record of ``AutoDrop.history`` (one per ``step()``) becomes the scalars
     trigger, drop (1.0 at that event, else 0.0),
     and the detector's own statistics (the trend test: slope, noise, phase, passes, wait)
 
-(undefined values are absent) so every logger shows the same names.
-TensorBoard needs the ``tensorboard``
-package (``pip install 'autodrop[tensorboard]'``); CSV needs nothing.
+(undefined values are absent), so every logger shows the same names. TensorBoard
+needs the ``tensorboard`` package (``pip install 'autodrop[tensorboard]'``); CSV needs nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import import_optional
+from .scheduler import RECORD_KEYS
 
 __all__ = ["history_scalars", "write_history_csv", "write_history_tensorboard"]
 
-BASE_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
 
 def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
@@ -34,7 +33,7 @@ def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         scalars["lr" if group == 0 else f"lr_group{group}"] = float(lr)
     scalars["trigger"] = float(record["event"] == "trigger")
     scalars["drop"] = float(record["event"] == "drop")
-    scalars.update({key: float(value) for key, value in record.items() if key not in BASE_KEYS and value is not None})
+    scalars.update({key: float(value) for key, value in record.items() if key not in RECORD_KEYS and value is not None})
     return scalars
 
 
@@ -48,7 +47,7 @@ def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) ->
     """
     num_groups = max((len(record["lrs"]) for record in history), default=1)
     lr_columns = ["lr"] + [f"lr_group{group}" for group in range(1, num_groups)]
-    extra = list(dict.fromkeys(key for record in history for key in record if key not in BASE_KEYS))
+    extra = list(dict.fromkeys(key for record in history for key in record if key not in RECORD_KEYS))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:

@@ -328,7 +328,8 @@ class AutoDrop(LRScheduler):
         """Algorithm 1's trigger, delay window and drop for one measured interval.
 
         Returns the event and the detector's ``delta`` and statistics as they were
-        when it decided (a drop starts its next phase).
+        when it decided (a drop starts its next phase; the record's ``threshold``,
+        like its ``lrs``, is read after the step).
         """
         saturated, delta, statistics = False, None, dict.fromkeys(self.detector.statistics())
         if omega is not None:

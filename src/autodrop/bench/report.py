@@ -2,10 +2,17 @@
 
 Everything is computed from the run records (``runs.jsonl``), as measured:
 
+- the default detector against the detector issue's goals (never worse than step
+  beyond the 95 % interval, level with cosine, no 60-epoch stretch without a
+  drop), and what the seeds can resolve (seed spread, interval widths);
 - Table 1 analog: final / best test error at each task's LR, mean +- std over
   seeds, and each schedule's paired (same seed) difference to the step schedule;
-- whether AutoDrop triggered, with the measured changes of omega against the
-  threshold (the evidence when the paper's 0.01 deg never or randomly fires);
+- per initial LR, each schedule's paired difference to step and to cosine with a
+  95 % t interval and its verdict, first drop, drops per run, longest stretch
+  without a drop (one section per task and optimizer);
+- whether AutoDrop triggered: for the paper's rule the measured changes of omega
+  against its threshold (the evidence when 0.01 deg never or randomly fires),
+  for the trend test which triggers the test made and which its wait made;
 - Table 2 analog: final test error against the initial LR;
 - epochs-to-best (paper Fig. 7 analog);
 - AutoDrop's cost per epoch: median ``AutoDrop.step()`` time over the median

@@ -80,7 +80,7 @@ SUITES: dict[str, Suite] = {
               sweep_seeds=4,
               epochs={"mnist-mlp": 60, "mnist1d-cnn": 60}),
         Suite("long", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 100 epochs, 3 seeds: the detector protocol "
-              "(about 1.5 h on 2 cores with --jobs 2; AdamW rows with --optimizer adamw --lrs 0.001)",
+              "(154 CPU-minutes, about 80 min on 2 cores with --jobs 2; AdamW rows with --optimizer adamw --lrs 0.001)",
               ("mnist-mlp", "mnist1d-cnn"), ("step", "cosine", "plateau", "autodrop-paper", "autodrop"), seeds=3,
               sweep=_PAPER_SWEEP, sweep_seeds=3, epochs={"mnist-mlp": 100, "mnist1d-cnn": 100}),
         Suite("cifar10", "ResNet-18 on CIFAR-10 from --data-dir, 200 epochs, the paper's setting (GPU)",
