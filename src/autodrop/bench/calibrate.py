@@ -33,7 +33,8 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
+import statistics
+
 import torch
 
 from ..detectors import Detector, PaperRule, TrendTest
@@ -59,15 +60,15 @@ class Series:
 
     kind: str
     sigma: float | None
-    omegas: np.ndarray
+    omegas: torch.Tensor
     saturation: float | None
 
 
-def _ar1(generator: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """AR(1) noise with coefficient 0.3 and stationary sd ``sigma``."""
-    shocks = generator.normal(0.0, sigma * math.sqrt(1 - AR_COEFFICIENT**2), size=shape)
-    noise = np.empty(shape)
-    noise[:, 0] = generator.normal(0.0, sigma, size=shape[0])
+def _ar1(generator: torch.Generator, shape: tuple[int, int], sigma: float) -> torch.Tensor:
+    """AR(1) noise with coefficient 0.3 and stationary sd ``sigma`` (float64)."""
+    shocks = torch.randn(shape, generator=generator, dtype=torch.float64) * sigma * math.sqrt(1 - AR_COEFFICIENT**2)
+    noise = torch.empty(shape, dtype=torch.float64)
+    noise[:, 0] = torch.randn(shape[0], generator=generator, dtype=torch.float64) * sigma
     for i in range(1, shape[1]):
         noise[:, i] = AR_COEFFICIENT * noise[:, i - 1] + shocks[:, i]
     return noise
@@ -78,32 +79,31 @@ def _nqm_series(replications: int, length: int) -> Series:
     blocks = []
     for seed in range(replications):
         run = simulate_fixed_lr(problem, [NQM_LR], iterations=length * NQM_BLOCK + 1, seed=seed)
-        omega = run.omega[: length * NQM_BLOCK, 0].reshape(length, NQM_BLOCK).mean(1)
-        blocks.append(omega.numpy())
-    omegas = np.stack(blocks)
+        blocks.append(run.omega[: length * NQM_BLOCK, 0].reshape(length, NQM_BLOCK).mean(1))
+    omegas = torch.stack(blocks)
     mean = omegas.mean(0)
     plateau = mean[length // 2 :].mean()
-    saturated = np.nonzero(np.abs(mean - plateau) < 1.0)[0]
-    return Series("nqm", None, omegas, float(saturated[0]) if len(saturated) else None)
+    saturated = torch.nonzero((mean - plateau).abs() < 1.0).flatten().tolist()
+    return Series("nqm", None, omegas, float(saturated[0]) if saturated else None)
 
 
 def series(sigmas: list[float], replications: int, length: int, seed: int = 0) -> Iterator[Series]:
     """Every calibration series, deterministic under ``seed``."""
-    generator = np.random.default_rng(seed)
-    i = np.arange(length)
+    generator = torch.Generator().manual_seed(seed)
+    i = torch.arange(length, dtype=torch.float64)
     for kind, level, rise, tau in (("rise A10 tau5", 100.0, 10.0, 5.0), ("rise A36 tau9", 108.0, 36.0, 9.0),
                                    ("after-drop A65 tau22", 95.0, 65.0, 22.0)):
         for sigma in sigmas:
             noise = _ar1(generator, (replications, length), sigma)
-            yield Series(kind, sigma, np.clip(level - rise * np.exp(-i / tau) + noise, 0, 180), tau * math.log(rise))
+            yield Series(kind, sigma, (level - rise * torch.exp(-i / tau) + noise).clamp(0, 180), tau * math.log(rise))
     for rate in (0.1, 0.2, 0.3):
         for sigma in sigmas:
             noise = _ar1(generator, (replications, length), sigma)
-            yield Series(f"linear {rate} deg/interval", sigma, np.clip(80 + rate * i + noise, 0, 180), None)
+            yield Series(f"linear {rate} deg/interval", sigma, (80 + rate * i + noise).clamp(0, 180), None)
     yield _nqm_series(min(replications, 50), length)
 
 
-def fire_interval(make: Callable[[], Detector], omegas: np.ndarray) -> int | None:
+def fire_interval(make: Callable[[], Detector], omegas: torch.Tensor) -> int | None:
     """The first interval (0-based) at which a fresh detector says saturated, or None."""
     detector = make()
     for index, omega in enumerate(omegas.tolist()):
@@ -120,7 +120,8 @@ def _row(name: str, data: Series, fires: list[int | None]) -> str:
     late = [f - data.saturation for f in fires if f is not None and f - data.saturation <= AFTER_SATURATION]
     never = 1 - len(late) / len(fires)
     if late:
-        p10, median, p90 = np.percentile(late, [10, 50, 90])
+        deciles = statistics.quantiles(late, n=10, method="inclusive") if len(late) > 1 else [late[0]] * 9
+        p10, median, p90 = deciles[0], statistics.median(late), deciles[8]
         spread = f"{median:+6.1f} [{p10:+6.1f}, {p90:+6.1f}]"
     else:
         spread = f"{'never':>22s}"
