@@ -217,3 +217,24 @@ def test_make_detector_takes_names_and_protocol_objects():
         make_detector("sasa")
     with pytest.raises(TypeError, match="Detector protocol"):
         make_detector(object())
+
+
+def test_an_interrupt_inside_observe_or_on_drop_leaves_the_trend_state_as_it_was(monkeypatch):
+    import autodrop.detectors as detectors
+
+    detector = TrendTest(min_intervals=3, max_wait=None)
+    for omega in (60.0, 70.0, 75.0, 78.0):
+        detector.observe(omega)
+    before = detector.state_dict()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detectors, "ols_slope", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        detector.observe(80.0)
+    monkeypatch.setattr(detector, "_phase_start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        detector.on_drop(0.2)
+    assert detector.state_dict() == before
+    TrendTest().load_state_dict(detector.state_dict())

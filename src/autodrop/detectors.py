@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
@@ -134,7 +135,7 @@ class PaperRule:
 
 def _check_keys(name: str, state: Any, detector: str, keys: tuple[str, ...]) -> None:
     """``state`` is a dict of detector ``detector`` (its name checked first) with exactly ``keys`` besides."""
-    if isinstance(state, dict) and "name" in state and state["name"] != detector:
+    if isinstance(state, Mapping) and "name" in state and state["name"] != detector:
         raise ValueError(f"{name}['name'] is {state['name']!r}: a checkpoint of another detector "
                          f"(this scheduler's is {detector!r})")
     check_keys(name, state, ("name", *keys))
@@ -286,15 +287,13 @@ class TrendTest:
         self._start_phase()
 
     def _start_phase(self) -> None:
-        self._recent: deque[float] = deque(maxlen=self.window)
-        self.length = 0
-        self.passes = 0
-        self.peak_slope = 0.0
-        self.threshold = self.tolerance / self.horizon
-        self.fired_at: int | None = None
-        self.slope: float | None = None
-        self.delta: float | None = None
-        self.noise: float | None = None
+        vars(self).update(self._phase_start())
+
+    def _phase_start(self) -> dict[str, Any]:
+        """The attributes of a phase with no omega yet."""
+        return {"_recent": deque(maxlen=self.window), "length": 0, "passes": 0, "peak_slope": 0.0,
+                "threshold": self.tolerance / self.horizon, "fired_at": None, "slope": None, "delta": None,
+                "noise": None}
 
     @property
     def wait(self) -> int | None:
@@ -304,29 +303,30 @@ class TrendTest:
             waits.append(max(self.min_intervals, round(self.wait_factor * self.first_phase)))
         return min(waits, default=None)
 
-    def _measure(self) -> bool | None:
-        """The statistics of the phase as it is; whether they pass (None: too few omegas to test)."""
-        self.slope = self.delta = self.noise = None
-        if self.length < self.min_intervals:
-            return None
-        recent = list(self._recent)
-        self.slope, error, self.noise = ols_slope(recent)
-        margin = student_t_quantile(self.confidence, len(recent) - 2) * error
-        self.delta = abs(self.slope) + margin
-        self.peak_slope = max(self.peak_slope, self.slope)
-        self.threshold = max(self.tolerance / self.horizon, self.slowdown * self.peak_slope)
-        return self.delta < self.threshold
+    def _measure(self, recent: deque[float], length: int, peak_slope: float) -> dict[str, Any]:
+        """The statistics of a phase with these omegas, as attributes (a pure function of its arguments)."""
+        if length < self.min_intervals:
+            return {"slope": None, "delta": None, "noise": None, "peak_slope": peak_slope,
+                    "threshold": max(self.tolerance / self.horizon, self.slowdown * peak_slope)}
+        slope, error, noise = ols_slope(list(recent))
+        delta = abs(slope) + student_t_quantile(self.confidence, len(recent) - 2) * error
+        peak_slope = max(peak_slope, slope)
+        threshold = max(self.tolerance / self.horizon, self.slowdown * peak_slope)
+        return {"slope": slope, "delta": delta, "noise": noise, "peak_slope": peak_slope, "threshold": threshold}
 
     def observe(self, omega: float) -> bool:
-        self._recent.append(omega)
-        self.length += 1
-        passed = self._measure()
-        if passed is not None:
-            self.passes = self.passes + 1 if passed else 0
+        # Everything is computed first and committed in one update: an interrupt leaves the old state.
+        recent = deque(self._recent, maxlen=self.window)
+        recent.append(omega)
+        length = self.length + 1
+        update = {"_recent": recent, "length": length, **self._measure(recent, length, self.peak_slope)}
+        passes = self.passes
+        if update["delta"] is not None:
+            passes = passes + 1 if update["delta"] < update["threshold"] else 0
         wait = self.wait
-        saturated = self.passes >= self.patience or (wait is not None and self.length >= wait)
-        if saturated and self.fired_at is None:
-            self.fired_at = self.length
+        saturated = passes >= self.patience or (wait is not None and length >= wait)
+        fired_at = length if saturated and self.fired_at is None else self.fired_at
+        vars(self).update(update, passes=passes, fired_at=fired_at)
         return saturated
 
     def statistics(self) -> dict[str, float | None]:
@@ -334,9 +334,10 @@ class TrendTest:
                 "wait": self.wait}
 
     def on_drop(self, factor: float) -> None:
-        if self.first_phase is None:
-            self.first_phase = self.fired_at if self.fired_at is not None else self.length
-        self._start_phase()
+        first_phase = self.first_phase
+        if first_phase is None:
+            first_phase = self.fired_at if self.fired_at is not None else self.length
+        vars(self).update(self._phase_start(), first_phase=first_phase)
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -373,11 +374,12 @@ class TrendTest:
         """Check ``state`` completely (:meth:`check_state`), then apply it; the statistics are recomputed."""
         self.check_state(state)
         restored = TrendTest(**{key: state[key] for key in self._settings()})
-        restored._recent.extend(float(omega) for omega in state["recent"])
-        restored.length, restored.passes = state["length"], state["passes"]
-        restored.fired_at, restored.first_phase = state["fired_at"], state["first_phase"]
-        restored.peak_slope = float(state["peak_slope"])
-        restored._measure()
+        recent = deque((float(omega) for omega in state["recent"]), maxlen=restored.window)
+        vars(restored).update(
+            restored._measure(recent, state["length"], float(state["peak_slope"])), _recent=recent,
+            length=state["length"], passes=state["passes"], fired_at=state["fired_at"],
+            first_phase=state["first_phase"],
+        )
         vars(self).update(vars(restored))
 
 
