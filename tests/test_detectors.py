@@ -237,4 +237,5 @@ def test_an_interrupt_inside_observe_or_on_drop_leaves_the_trend_state_as_it_was
     with pytest.raises(KeyboardInterrupt):
         detector.on_drop(0.2)
     assert detector.state_dict() == before
+    monkeypatch.undo()
     TrendTest().load_state_dict(detector.state_dict())
