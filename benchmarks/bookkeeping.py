@@ -198,9 +198,9 @@ def scheduler_for(params: list[Tensor], inside: bool, snapshot_device: str | Non
     """
     optimizer = torch.optim.SGD(params, lr=0.1)
     if not inside:
-        return AutoDrop(optimizer, threshold=1e-300, delay=1, snapshot_device=snapshot_device)
+        return AutoDrop(optimizer, detector="paper", threshold=1e-300, delay=1, snapshot_device=snapshot_device)
     scheduler = AutoDrop(
-        optimizer, threshold=180.0, max_threshold=180.0, delay=10**9, snapshot_device=snapshot_device
+        optimizer, detector="paper", threshold=180.0, max_threshold=180.0, delay=10**9, snapshot_device=snapshot_device
     )
     perturb = Perturbation(params, seed=1)
     while not scheduler.pending:

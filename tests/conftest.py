@@ -1,21 +1,17 @@
 import pytest
 import torch
 
-import autodrop.geometry as geometry
+import autodrop.trajectory as trajectory
 
 
 def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(params=["out of place", "in place"])
+@pytest.fixture(params=["one chunk", "small chunks"])
 def stepping(request, monkeypatch):
-    """Run a test with both ways a bucket takes its step (``autodrop.geometry._Bucket``).
-
-    A bucket that fits in one chunk steps out of place, as the tests' small models do by
-    default; "in place" makes the chunks small (64 elements) so that they are cut into
-    runs of whole tensors and pieces of larger ones.
-    """
-    if request.param == "in place":
-        monkeypatch.setattr(geometry, "CPU_REDUCTION_CHUNK", 64)
+    """Run a test with the tests' small models in one chunk, and cut into chunks of 64 elements
+    (runs of whole tensors gathered, and pieces of larger ones; ``autodrop.trajectory._Bucket``)."""
+    if request.param == "small chunks":
+        monkeypatch.setattr(trajectory, "CPU_REDUCTION_CHUNK", 64)
     return request.param

@@ -138,3 +138,29 @@ def test_paired_intervals_per_cell_and_the_goal_check(tmp_path):
     assert "Longest stretch without a drop in any run: 5 epochs" in goal
     spreads = [statistics.stdev(v) for v in finals.values()] + [0.0, 0.1]
     assert f"median sd of {statistics.median(spreads):.2f} pp" in text and "cannot be told from noise" in text
+
+
+def test_stopping_section_counts_epochs_and_checks_the_target_against_steps_interval(tmp_path):
+    from scipy import stats
+
+    budget = [9.0] * 9
+    step_finals = [2.0, 2.2, 2.1]
+    records = [fake_record("step", 0.05, seed, budget + [final]) for seed, final in enumerate(step_finals)]
+    # autodrop-stop: stops after 6 of 10 epochs, error at the stop 2.1-2.2; step-earlystop: after 4, error 3
+    for seed in range(3):
+        stop = fake_record("autodrop-stop", 0.05, seed, [9.0, 5.0, 4.0, 3.0, 2.5, 2.1 + 0.05 * seed],
+                           drops=(3,), deltas=[None] * 6)
+        records.append({**stop, "epochs": 10, "stopped_epoch": 6})
+        early = fake_record("step-earlystop", 0.05, seed, [9.0, 5.0, 4.0, 3.0])
+        records.append({**early, "epochs": 10, "stopped_epoch": 4})
+    text = write_report(records, tmp_path, {"suite": "tiny"}).read_text()
+    section = text[text.index("## Stopping early"):text.index("## What this evidence")]
+
+    mean, sd = np.mean(step_finals), np.std(step_finals, ddof=1)
+    half = stats.t.ppf(0.975, 2) * sd / np.sqrt(3)
+    interval = f"{mean - half:.2f}-{mean + half:.2f}"
+    assert "`autodrop-stop` meets the target in 1 of 1 cells" in section
+    assert f"| `autodrop-stop` | 3 | 6, 6, 6 | 40 % | 2.15 ± 0.05 | {interval} |" in section
+    assert f"| `step-earlystop` | 3 | 4, 4, 4 | 60 % | 3.00 ± 0.00 | {interval} |" in section
+    rows = [line for line in section.splitlines() if line.startswith("| `digits-cnn`")]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["met", "missed"]

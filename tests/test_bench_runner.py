@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,9 +29,9 @@ def test_long_plan_is_the_detector_protocol():
         runs = [s for s in specs if s.task == task]
         for name in ("step", "cosine", "plateau", "autodrop-paper", "autodrop"):
             assert sorted(s.seed for s in runs if s.schedule == name and s.lr == 0.05) == [0, 1, 2]
-        for name in ("step", "autodrop"):
+        for name in ("step", "autodrop", "autodrop-stop", "step-earlystop"):
             assert sorted({s.lr for s in runs if s.schedule == name}) == [0.03, 0.05, 0.1, 0.15]
-    assert len(specs) == 2 * (5 * 3 + 2 * 3 * 3)
+    assert len(specs) == 2 * (7 * 3 + 4 * 3 * 3)
 
 
 def test_plan_overrides_and_bad_input():
@@ -136,3 +137,43 @@ def test_the_clock_waits_for_cuda_work(monkeypatch):
     assert synchronized == []
     runner._clock(torch.device("cuda", 0))
     assert synchronized == [torch.device("cuda", 0)]
+
+
+def test_autodrop_stop_ends_the_run_when_autodrop_has_converged(monkeypatch):
+    eager = Schedule("autodrop-eager-stop", "always saturated, stops at convergence",
+                     schedules._autodrop(stop_when_converged=True, max_drops=1, detector="paper", threshold=180.0,
+                                         max_threshold=180.0))
+    monkeypatch.setitem(schedules.SCHEDULES, eager.name, eager)
+    monkeypatch.setitem(runner.SCHEDULES, eager.name, eager)
+    record = run_one(spec("autodrop-eager-stop", epochs=10))
+    # delay 1: the trigger at epoch 3 drops, the one at epoch 4 finds no drop left and converges.
+    assert record["event"] == [None, None, "drop", "converged"] and record["stopped_epoch"] == 4
+    assert len(record["test_error"]) == len(record["train_s"]) == 4 and record["final_test_error"] == record["test_error"][-1]
+    assert run_one(spec("autodrop", epochs=3))["stopped_epoch"] is None
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_new_best():
+    losses = np.array([5.0, 4.0, 4.0, 3.0, 3.5, 3.2, 3.0, 3.1, 2.9, 3.0, 3.0, 3.0])
+    stopping = schedules.EarlyStopping(patience=3)
+    stops = []
+    for loss in losses:
+        stopping.update(float(loss))
+        stops.append(stopping.should_stop)
+    best_so_far = np.minimum.accumulate(losses)
+    improved = np.r_[True, losses[1:] < best_so_far[:-1]]
+    since = np.array([i - np.flatnonzero(improved[: i + 1])[-1] for i in range(len(losses))])
+    assert stops == list(since >= 3)
+    assert stops.index(True) == 6  # 3.0 at epoch 7 only equals the best: not an improvement
+
+
+def test_step_earlystop_stops_where_its_validation_loss_says():
+    record = run_one(spec("step-earlystop", epochs=60))
+    losses = record["val_loss"]
+    best, since, expected = float("inf"), 0, None
+    for epoch, loss in enumerate(losses, 1):
+        best, since = (loss, 0) if loss < best else (best, since + 1)
+        if since >= 10:
+            expected = epoch
+            break
+    assert expected is not None and record["stopped_epoch"] == expected == len(losses) < 60
+    assert record["settings"] == {"milestones": [18, 36, 48], "patience": 10}

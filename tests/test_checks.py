@@ -4,7 +4,7 @@ import torch
 from autodrop import AngularVelocity
 from autodrop.checks import check_choice, check_int, check_keys, check_real, check_tensors_like
 from autodrop.detectors import PaperRule
-from autodrop.geometry import ParameterTrajectory
+from autodrop.trajectory import ParameterTrajectory
 
 
 def test_messages_name_the_value_and_the_allowed_range():

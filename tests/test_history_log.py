@@ -33,11 +33,12 @@ def test_scalars_name_every_quantity_and_mark_the_events():
     history = run_history(groups=2)
     first, drop = history[0], next(r for r in history if r["event"] == "drop")
     assert history_scalars(first) == {
-        "threshold": 180.0, "lr": 0.1, "lr_group1": 0.03, "trigger": 0.0, "drop": 0.0,
+        "threshold": 180.0, "lr": 0.1, "lr_group1": 0.03, "trigger": 0.0, "drop": 0.0, "converged": 0.0,
     }
     scalars = history_scalars(drop)
     assert scalars["omega"] == drop["omega"] and scalars["delta"] == drop["delta"]
     assert (scalars["lr"], scalars["lr_group1"], scalars["drop"]) == (0.05, 0.015, 1.0)
+    assert history_scalars({**drop, "event": "converged"})["converged"] == 1.0
 
 
 def test_csv_has_one_row_per_record_and_reads_back_exactly(tmp_path):
@@ -64,7 +65,7 @@ def test_tensorboard_gets_every_scalar_at_its_interval(tmp_path):
     write_history_tensorboard(history, tmp_path / "tb", prefix="run/")
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
-    names = ("omega", "delta", "threshold", "lr", "trigger", "drop")
+    names = ("omega", "delta", "threshold", "lr", "trigger", "drop", "converged")
     assert set(events.Tags()["scalars"]) == {f"run/{name}" for name in names}
     lr = [(e.step, e.value) for e in events.Scalars("run/lr")]
     assert lr == [(r["interval"], pytest.approx(r["lrs"][0])) for r in history]

@@ -94,10 +94,10 @@ def test_groups_drop_together_with_their_own_floors_and_threshold_caps():
     scheduler = AutoDrop(optimizer, factor=0.5, min_lr=[0.3, 0.004], detector="paper", threshold=0.4, max_threshold=1.0, delay=0)
     walk = PlanarWalk(a)
     scripted_run(scheduler.step, walk, [30.0] * 4)
-    lrs = [r["lrs"] for r in scheduler.history if r["event"] == "drop"]
-    assert lrs == [[0.5, 0.005], [0.3, 0.004], [0.3, 0.004]]
-    thresholds = [r["threshold"] for r in scheduler.history if r["event"] == "drop"]
-    assert thresholds == [0.8, 1.0, 1.0]
+    # Both groups reach their floors at the second drop: the third saturation is convergence.
+    changes = [(r["event"], r["lrs"], r["threshold"]) for r in scheduler.history if r["event"]]
+    assert changes == [("drop", [0.5, 0.005], 0.8), ("drop", [0.3, 0.004], 1.0), ("converged", [0.3, 0.004], 1.0)]
+    assert scheduler.converged and scheduler.num_drops == 2
 
 
 def test_window_averages_omega_before_the_change():
@@ -411,9 +411,19 @@ def test_every_argument_error_names_argument_value_and_allowed_range(kwargs, err
 
 
 def test_a_drop_never_raises_an_lr_below_its_floor():
+    a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    optimizer = torch.optim.SGD([{"params": [a], "lr": 1e-5}, {"params": [b], "lr": 1e-2}], lr=0.1)
+    scheduler = AutoDrop(optimizer, min_lr=1e-4, detector="paper", threshold=0.4, delay=0)
+    scripted_run(scheduler.step, PlanarWalk(a), [30.0] * 3)
+    drops = [r["lrs"] for r in scheduler.history if r["event"] == "drop"]
+    assert drops == [[1e-5, 2e-3], [1e-5, pytest.approx(4e-4)]]
+
+
+def test_an_lr_below_its_floor_cannot_drop_so_saturation_is_convergence():
     param, optimizer, scheduler, walk = planar_setup(lr=1e-5, delay=0, min_lr=1e-4)
     scripted_run(scheduler.step, walk, [30.0] * 3)
-    assert scheduler.num_drops >= 1 and optimizer.param_groups[0]["lr"] == 1e-5
+    assert scheduler.num_drops == 0 and scheduler.converged and optimizer.param_groups[0]["lr"] == 1e-5
 
 
 def test_failed_load_names_the_problem_and_leaves_the_scheduler_exactly_as_before():
@@ -445,7 +455,7 @@ def test_ten_thousand_intervals_keep_memory_flat_with_a_history_cap():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = AutoDrop(optimizer, detector="paper", threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
+    scheduler = AutoDrop(optimizer, min_lr=0.0, detector="paper", threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
     generator = torch.Generator().manual_seed(0)
     buffer_bytes = scheduler.velocity.trajectory.buffer_bytes()
     marks = {}

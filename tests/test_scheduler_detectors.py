@@ -130,8 +130,20 @@ def test_a_version_1_checkpoint_of_the_paper_rule_still_loads():
     scripted_run(scheduler.step, walk, [30.0, 31.0, 31.5, 40.0])
     state = scheduler.state_dict()
     detector = state.pop("detector")
+    del state["max_drops"], state["converged"], state["write_back_due"]  # version 3's
     legacy = {**state, "version": 1, "max_threshold": detector["max_threshold"], "window": detector["window"],
               "detector": {"threshold": detector["threshold"], "recent": detector["recent"]}}
     _, _, restored, _ = planar("paper")
     restored.load_state_dict(legacy)
     assert states_equal(restored.state_dict(), scheduler.state_dict())
+
+
+def test_a_version_2_checkpoint_loads_as_dropping_until_the_floor_and_not_converged():
+    _, _, scheduler, walk = planar(small_trend(), delay=2)
+    scripted_run(scheduler.step, walk, [30.0, 31.0, 32.0, 32.5, 33.0])
+    state = scheduler.state_dict()
+    legacy = {key: value for key, value in state.items() if key not in ("max_drops", "converged", "write_back_due")}
+    _, _, restored, _ = planar(small_trend(), max_drops=3)
+    restored.load_state_dict({**legacy, "version": 2})
+    assert restored.max_drops is None and not restored.converged
+    assert states_equal(restored.state_dict(), state)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .distributed import dtensor_like, is_dtensor, local_tensor
-from .geometry import ParameterTrajectory
+from .trajectory import ParameterTrajectory
 from .scheduler import AutoDrop
 from .velocity import AngularVelocity
 

@@ -33,9 +33,13 @@ def check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool])
     """A finite real number (not a bool) with ``ok(value)``; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number ({allowed}), got {value!r}")
-    if not (math.isfinite(value) and ok(float(value))):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not (math.isfinite(number) and ok(number)):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_optional_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> float | None:
@@ -91,15 +95,16 @@ def check_device(name: str, device: Any) -> torch.device | None:
     return device
 
 
-def check_keys(name: str, state: Any, keys: Iterable[str]) -> None:
-    """``state`` is a dict with exactly ``keys``."""
+def check_keys(name: str, state: Any, keys: Iterable[str], optional: Iterable[str] = ()) -> None:
+    """``state`` is a dict with exactly ``keys``, and any of ``optional``."""
     if not isinstance(state, Mapping):
         raise TypeError(f"{name} must be a dict, got {type(state).__name__}")
     expected, present = set(keys), set(state)
     if expected - present:
         raise KeyError(f"{name} lacks {sorted(expected - present)}")
-    if present - expected:
-        raise KeyError(f"{name} has unexpected keys {sorted(map(str, present - expected))}")
+    unexpected = present - expected - set(optional)
+    if unexpected:
+        raise KeyError(f"{name} has unexpected keys {sorted(map(str, unexpected))}")
 
 
 def check_list(name: str, value: Any, length: int | None = None) -> list:

@@ -4,7 +4,7 @@ Each record of ``AutoDrop.history`` (one per ``step()``) becomes the scalars
 
     omega (degrees), delta (the detector's statistic), threshold (its bound),
     lr (param group 0), lr_group1, lr_group2, ... (further groups),
-    trigger, drop (1.0 at that event, else 0.0),
+    trigger, drop, converged (1.0 at that event, else 0.0),
     and the detector's own statistics (the trend test: slope, noise, phase, passes, wait)
 
 (undefined values are absent), so every logger shows the same names. TensorBoard
@@ -33,6 +33,7 @@ def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
         scalars["lr" if group == 0 else f"lr_group{group}"] = float(lr)
     scalars["trigger"] = float(record["event"] == "trigger")
     scalars["drop"] = float(record["event"] == "drop")
+    scalars["converged"] = float(record["event"] == "converged")
     scalars.update({key: float(value) for key, value in record.items() if key not in RECORD_KEYS and value is not None})
     return scalars
 

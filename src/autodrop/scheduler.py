@@ -14,6 +14,11 @@ Once per measurement interval (an epoch by default):
    with n_d = 0 the drop happens at the trigger with no averaging;
 5. the next step is measured from the averaged parameters.
 
+Not in the paper: when no drop is possible any more (``max_drops`` reached,
+or every group's LR at its floor), the window of step 4 still averages, but
+instead of dropping the run is declared converged (:attr:`AutoDrop.converged`)
+and nothing changes from then on.
+
 An interval whose step is not finite or zero is skipped: it is recorded, and
 nothing else happens (see :class:`AutoDrop`, "Faults").
 """
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import operator
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,34 +50,41 @@ from .checks import (
 )
 from .detectors import Detector, PaperRule, make_detector
 from .distributed import local_tensor
-from .geometry import NONFINITE, ZERO_STEP
+from .interrupts import deferred_signals
+from .trajectory import NONFINITE, ZERO_STEP, Measurement, ParameterTrajectory
 from .velocity import AngularVelocity
 
 __all__ = ["AutoDrop"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 ON_NONFINITE = ("warn", "skip", "raise")
-EVENTS = (None, "trigger", "drop", "skipped")
+EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
 STATE_KEYS = (
-    "version", "factor", "min_lrs", "min_lr_per_group", "delay", "average", "on_nonfinite", "max_history",
-    "base_lrs", "last_epoch", "step_count", "last_lr", "pending", "delay_count", "num_drops", "history",
-    "detector", "velocity", "averaging",
+    "version", "factor", "min_lrs", "min_lr_per_group", "max_drops", "delay", "average", "on_nonfinite",
+    "max_history", "base_lrs", "last_epoch", "step_count", "last_lr", "pending", "delay_count", "num_drops",
+    "converged", "write_back_due", "history", "detector", "velocity", "averaging",
 )
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
 
 def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A version-1 state (the paper's rule was the only detector) in version 2's layout; others as they are."""
+    """An older state in the current layout; anything else as it is.
+
+    Version 1 (the paper's rule was the only detector) kept the rule's settings
+    beside the detector's dict; version 2 had no ``max_drops`` / ``converged``
+    (it dropped until ``min_lr`` and never converged).
+    """
     version = state.get("version")
-    if type(version) is not int or version != 1 or not {"max_threshold", "window", "detector"} <= set(state):
-        return state
-    upgraded = {key: value for key, value in state.items() if key not in ("max_threshold", "window")}
-    detector = state["detector"] if isinstance(state["detector"], Mapping) else {}
-    upgraded["detector"] = {"name": PaperRule.name, "max_threshold": state["max_threshold"],
-                            "window": state["window"], **detector}
-    upgraded["version"] = 2
-    return upgraded
+    if type(version) is int and version == 1 and {"max_threshold", "window", "detector"} <= set(state):
+        upgraded = {key: value for key, value in state.items() if key not in ("max_threshold", "window")}
+        detector = state["detector"] if isinstance(state["detector"], Mapping) else {}
+        upgraded["detector"] = {"name": PaperRule.name, "max_threshold": state["max_threshold"],
+                                "window": state["window"], **detector}
+        state, version = {**upgraded, "version": 2}, 2
+    if type(version) is int and version == 2 and not {"max_drops", "converged", "write_back_due"} & set(state):
+        state = {**state, "max_drops": None, "converged": False, "write_back_due": False, "version": 3}
+    return state
 
 
 def _set_lr(group: dict, lr: float) -> None:
@@ -78,6 +92,59 @@ def _set_lr(group: dict, lr: float) -> None:
         group["lr"].fill_(lr)
     else:
         group["lr"] = lr
+
+
+def _write_back_before(scheduler: weakref.ref) -> Callable[..., None]:
+    """An optimizer step pre-hook that completes an AutoDrop's due write-back before parameters move."""
+
+    def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        owner = scheduler()
+        if owner is not None:
+            owner.finish_write_back()
+
+    return hook
+
+
+def _register_step_pre_hook(optimizer: Optimizer, hook: Callable[..., None]) -> Any:
+    """Register ``hook`` on ``optimizer``, or on the optimizer a wrapper (e.g. accelerate's
+    ``AcceleratedOptimizer``) holds as ``.optimizer``; None where neither has torch's hooks."""
+    while isinstance(optimizer, Optimizer):
+        if hasattr(optimizer, "_optimizer_step_pre_hooks"):
+            return optimizer.register_step_pre_hook(hook)
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+def _initial_lr(group: dict) -> float:
+    """A group's ``initial_lr`` (set to its LR now when missing; a tensor LR is copied, not aliased)."""
+    if "initial_lr" not in group:
+        lr = group["lr"]
+        group["initial_lr"] = lr.clone() if isinstance(lr, Tensor) else lr
+    return float(group["initial_lr"])
+
+
+@dataclass
+class _Interval:
+    """One interval as :meth:`AutoDrop._decide` decided it, before anything is committed."""
+
+    measurement: Measurement
+    omega: float | None
+    trajectory: ParameterTrajectory
+    sums: list[Tensor] | None
+    total_weight: float
+    base_lrs: list[float]
+    min_lrs: list[float]
+    lrs: list[float]
+    pending: bool
+    delay_count: int
+    num_drops: int
+    converged: bool
+    fault: str | None
+    statistics: dict[str, Any]
+    delta: float | None = None
+    event: str | None = None
+    weight: float = 0.0
+    write_back: bool = False
 
 
 class AutoDrop(LRScheduler):
@@ -100,6 +167,9 @@ class AutoDrop(LRScheduler):
         factor: rho, the LR multiplier at a drop, ``0 < factor < 1`` (default 0.2).
         min_lr: alpha_min, the LR floor; a float, or one float per param group
             (default 1e-4).
+        max_drops: the number of drops after which the LR stays where it is
+            (an int ``>= 0``); ``None`` (default) drops until every group is at
+            its floor. The next saturation after that is convergence (below).
         detector: the saturation test: ``"trend"`` (default,
             :class:`~autodrop.TrendTest`: an equivalence test on omega's trend,
             calibrated to its noise), ``"paper"`` (:class:`~autodrop.PaperRule`:
@@ -132,6 +202,15 @@ class AutoDrop(LRScheduler):
         max_history: keep only the last ``max_history`` records in
             :attr:`history` (an int ``>= 1``); ``None`` (default) keeps one per
             ``step()`` forever, about 0.4 kB each.
+
+    Convergence: once no drop is possible (``max_drops`` drops done, or every
+    group's LR at its floor), the next saturation opens the delay window as
+    before, and at its end the parameters are averaged exactly as before a drop
+    (when ``average``), the LR stays, the record's event is ``"converged"`` and
+    :attr:`converged` is True from then on: the run has stalled at its last LR,
+    and more intervals at that LR are unlikely to improve it (a statement about
+    the optimizer's trajectory, not about validation error). Stepping on is
+    allowed: it measures and records omega and changes nothing else.
 
     Parameters the optimizer does not move in an interval (frozen, or no
     gradient) simply contribute a zero step. Memory: two parameter-sized buffers
@@ -175,6 +254,7 @@ class AutoDrop(LRScheduler):
         optimizer: Optimizer,
         factor: float = 0.2,
         min_lr: float | Sequence[float] = 1e-4,
+        max_drops: int | None = None,
         detector: str | Detector = "trend",
         threshold: float | None = None,
         max_threshold: float | None = None,
@@ -194,6 +274,7 @@ class AutoDrop(LRScheduler):
         self.factor = check_real("factor", factor, "in (0, 1)", lambda v: 0 < v < 1)
         self.min_lr_per_group = isinstance(min_lr, (list, tuple))
         self.min_lrs = self._check_min_lr(min_lr)
+        self.max_drops = None if max_drops is None else check_int("max_drops", max_drops, 0)
         self.detector = self._make_detector(detector, threshold=threshold, max_threshold=max_threshold, window=window)
         self.delay = check_int("delay", delay, 0)
         self.average = check_bool("average", average)
@@ -208,18 +289,19 @@ class AutoDrop(LRScheduler):
         self.velocity = AngularVelocity(
             self._optimizer_params(), eps=eps, snapshot_device=snapshot_device, process_group=process_group
         )
-        self.averager = WeightedAverage(self.velocity.trajectory)
+        self.averager = WeightedAverage()
+        self.write_back_due = False
+        self._write_back_hook = _register_step_pre_hook(optimizer, _write_back_before(weakref.ref(self)))
         self._warned: set[str] = set()
 
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.base_lrs = [_initial_lr(group) for group in optimizer.param_groups]
         self.last_epoch = 0
         self._step_count = 0
         self._last_lr = self._current_lrs()
         self.pending = False
         self.delay_count = 0
         self.num_drops = 0
+        self._converged = False
         self.history: list[dict[str, Any]] = []
 
     def _check_min_lr(self, min_lr: float | Sequence[float]) -> list[float]:
@@ -266,6 +348,18 @@ class AutoDrop(LRScheduler):
         return self.velocity.omega
 
     @property
+    def converged(self) -> bool:
+        """True from the interval at which, with no drop possible any more, omega saturated again."""
+        return self._converged
+
+    def _can_drop(self, num_drops: int, min_lrs: list[float]) -> bool:
+        """Whether a drop would still change something: fewer than ``max_drops`` drops so far
+        and some group's LR above its floor."""
+        if self.max_drops is not None and num_drops >= self.max_drops:
+            return False
+        return any(float(group["lr"]) > floor for group, floor in zip(self.optimizer.param_groups, min_lrs))
+
+    @property
     def threshold(self) -> float:
         """The detector's current bound on its statistic (the paper's rule: theta, degrees)."""
         return self.detector.threshold
@@ -285,70 +379,145 @@ class AutoDrop(LRScheduler):
     def step(self, epoch: int | None = None) -> None:
         """Close one measurement interval: measure, decide, and drop if due.
 
+        All or nothing: the interval is measured and decided first, with nothing
+        changed; then it is committed in one place. An exception before the commit
+        leaves the scheduler exactly as it was; an interrupt (Ctrl-C, a signal
+        handler that raises) arrives after the call. ``after_average`` runs last,
+        once the drop is complete, so an exception in it leaves a finished drop.
+
         ``epoch`` exists for signature compatibility with ``LRScheduler`` and must
         stay ``None``: AutoDrop reacts to measured intervals and cannot jump to one.
         """
         if epoch is not None:
             raise ValueError(f"epoch must be None (AutoDrop cannot jump to an interval), got {epoch!r}")
+        self.finish_write_back()  # a write-back that an exception cut short after an earlier step's commit
+        with deferred_signals(), torch.inference_mode(False), torch.no_grad():
+            detector_state = self.detector.state_dict()
+            try:
+                interval = self._decide()
+                interval.trajectory.commit(interval.measurement, interval.sums if interval.weight else None,
+                                           interval.weight)
+            except BaseException:
+                self.detector.load_state_dict(detector_state)
+                raise
+            self._commit(interval)
+            averaged = self._write_back()
+        if interval.fault is not None:
+            self._warn_once(interval.fault)
+        if averaged and self.after_average is not None:
+            self.after_average()
+
+    def _decide(self) -> _Interval:
+        """Algorithm 1's trigger, delay window and drop for the interval that ends now, computed
+        without changing anything but the detector (which :meth:`step` restores if this raises)."""
         params = self._changed_params()
-        omega = self.velocity.update()
-        fault = self.velocity.last_statistics.fault
+        base_lrs, min_lrs = self._group_settings()
+        trajectory, sums = self.velocity.trajectory, self.averager.sums
+        if params is not None and self._finite_newcomers(params, trajectory):
+            joined = trajectory.retracked(params)
+            sums = self.averager.relaid(trajectory, joined) if sums is not None else None
+            trajectory = joined
+        measurement = trajectory.measure()
+        fault = measurement.statistics.fault
         if fault == NONFINITE and self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"AutoDrop: the parameters contain NaN or Inf at interval {self.last_epoch + 1} "
                 "(on_nonfinite='raise'); the scheduler's state is unchanged"
             )
-        if params is not None:
-            self._track(params)
+        interval = _Interval(
+            measurement=measurement, omega=self.velocity.omega_of(measurement.statistics), trajectory=trajectory,
+            sums=sums, total_weight=self.averager.total_weight, base_lrs=base_lrs, min_lrs=min_lrs,
+            lrs=self._current_lrs(), pending=self.pending, delay_count=self.delay_count,
+            num_drops=self.num_drops, converged=self._converged, fault=fault,
+            statistics=dict.fromkeys(self.detector.statistics()),
+        )
+        if fault is not None:
+            interval.event = "skipped"
+        elif not interval.converged:
+            self._decide_window(interval)
+        return interval
+
+    def _decide_window(self, interval: _Interval) -> None:
+        saturated = False
+        if interval.omega is not None:
+            saturated = self.detector.observe(interval.omega)
+            interval.delta, interval.statistics = self.detector.delta, self.detector.statistics()
+        if not interval.pending and saturated:
+            interval.pending, interval.delay_count, interval.event = True, 0, "trigger"
+            if self.average and self.delay > 0:
+                interval.sums, interval.total_weight = WeightedAverage.empty_sums(interval.trajectory), 0.0
+        if not interval.pending:
+            return
+        if interval.delay_count < self.delay:
+            interval.delay_count += 1
+            if interval.sums is not None:
+                interval.weight = float(interval.delay_count)
+                interval.total_weight += interval.weight
+        if interval.delay_count < self.delay:
+            return
+        # The window closes: average, then drop, or converge when no drop is possible.
+        interval.pending, interval.delay_count = False, 0
+        interval.write_back = interval.sums is not None
+        if not self._can_drop(interval.num_drops, interval.min_lrs):
+            interval.converged, interval.event = True, "converged"
+            return
+        # A group that starts below its floor keeps its LR: a drop never raises one.
+        interval.lrs = [min(lr, max(floor, self.factor * lr)) for lr, floor in zip(interval.lrs, interval.min_lrs)]
+        self.detector.on_drop(self.factor)
+        interval.num_drops += 1
+        interval.event = "drop"
+
+    def _commit(self, interval: _Interval) -> None:
+        """Install what :meth:`_decide` computed (plain assignments: nothing here raises)."""
+        self.velocity.trajectory = interval.trajectory
+        if interval.fault is None:
+            self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, interval.omega
+        else:
+            self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, None
+        self.averager.sums, self.averager.total_weight = interval.sums, interval.total_weight
+        self.base_lrs, self.min_lrs = interval.base_lrs, interval.min_lrs
+        for group, lr in zip(self.optimizer.param_groups, interval.lrs):
+            if lr != float(group["lr"]):
+                _set_lr(group, lr)
+        self.pending, self.delay_count = interval.pending, interval.delay_count
+        self.num_drops, self._converged = interval.num_drops, interval.converged
+        self.write_back_due = interval.write_back
         self._step_count += 1
         self.last_epoch += 1
-        if fault is None:
-            event, delta, statistics = self._decide(omega)
-        else:
-            event, delta, statistics = "skipped", None, dict.fromkeys(self.detector.statistics())
-            self._warn_once(fault)
-
-        self._last_lr = self._current_lrs()
-        self.history.append(
-            {
-                "interval": self.last_epoch,
-                "omega": omega,
-                "delta": delta,
-                "threshold": self.detector.threshold,
-                "lrs": list(self._last_lr),
-                "event": event,
-                "reason": fault,
-                **statistics,
-            }
-        )
+        self._last_lr = list(interval.lrs)
+        self.history.append({
+            "interval": self.last_epoch, "omega": interval.omega, "delta": interval.delta,
+            "threshold": self.detector.threshold, "lrs": list(interval.lrs), "event": interval.event,
+            "reason": interval.fault, **interval.statistics,
+        })
         if self.max_history is not None and len(self.history) > self.max_history:
             del self.history[: len(self.history) - self.max_history]
 
-    def _decide(self, omega: float | None) -> tuple[str | None, float | None, dict[str, Any]]:
-        """Algorithm 1's trigger, delay window and drop for one measured interval.
+    def finish_write_back(self) -> None:
+        """Complete a parameter write-back that an exception cut short (see :attr:`write_back_due`).
 
-        Returns the event and the detector's ``delta`` and statistics as they were
-        when it decided (a drop starts its next phase; the record's ``threshold``,
-        like its ``lrs``, is read after the step).
+        Runs by itself before the optimizer's next step and at the next :meth:`step`; calling it
+        when nothing is due does nothing.
         """
-        saturated, delta, statistics = False, None, dict.fromkeys(self.detector.statistics())
-        if omega is not None:
-            saturated = self.detector.observe(omega)
-            delta, statistics = self.detector.delta, self.detector.statistics()
-        event = None
-        if not self.pending and saturated:
-            self.pending, self.delay_count, event = True, 0, "trigger"
-            if self.average and self.delay > 0:
-                self.averager.start()
-        if self.pending:
-            if self.delay_count < self.delay:
-                self.delay_count += 1
-                if self.averager.active:
-                    self.averager.add(float(self.delay_count))
-            if self.delay_count == self.delay:
-                self._drop()
-                event = "drop"
-        return event, delta, statistics
+        if not self.write_back_due:
+            return
+        with deferred_signals(), torch.inference_mode(False), torch.no_grad():
+            self._write_back()
+        if self.after_average is not None:
+            self.after_average()
+
+    def _write_back(self) -> bool:
+        """Replace the parameters by the window's average if a drop or convergence is due to; True if it did.
+
+        The sum stays intact until the write-back is complete, so one that an
+        exception cut short is repeated from it at the next :meth:`step`.
+        """
+        if not self.write_back_due:
+            return False
+        self.averager.write_back(self.velocity.trajectory)
+        self.averager.discard()
+        self.write_back_due = False
+        return True
 
     def _warn_once(self, fault: str) -> None:
         if fault in self._warned or (fault == NONFINITE and self.on_nonfinite == "skip"):
@@ -363,17 +532,35 @@ class AutoDrop(LRScheduler):
         else:
             message = (
                 f"AutoDrop: the parameters did not move in interval {self.last_epoch} (all frozen, no "
-                "gradients, or lr 0); the interval is skipped and the next step is compared with the "
-                "last nonzero one."
+                "gradients, lr 0, or scheduler.step() called before optimizer.step()); the interval is "
+                "skipped and the next step is compared with the last nonzero one."
             )
         warnings.warn(message + " This warning is shown once per scheduler.", RuntimeWarning, stacklevel=3)
+
+    def _group_settings(self) -> tuple[list[float], list[float]]:
+        """``base_lrs`` and ``min_lrs`` for every param group now (groups added since the last step
+        included; an empty group is a group too). Raises before anything changes when a group was
+        added and ``min_lr`` was given per group without a floor for it."""
+        groups = self.optimizer.param_groups
+        if len(groups) < len(self.base_lrs):
+            raise ValueError(
+                f"the optimizer has {len(groups)} param groups, AutoDrop was tracking {len(self.base_lrs)}: "
+                "removing param groups is not supported (build a new AutoDrop)"
+            )
+        if self.min_lr_per_group and len(self.min_lrs) != len(groups):
+            raise ValueError(
+                f"the optimizer now has {len(groups)} param groups but min_lrs has {len(self.min_lrs)} floors "
+                "(min_lr was given per group): append the new groups' floors to scheduler.min_lrs"
+            )
+        new = groups[len(self.base_lrs) :]
+        base_lrs = self.base_lrs + [_initial_lr(group) for group in new]
+        min_lrs = list(self.min_lrs) + self.min_lrs[:1] * (len(groups) - len(self.min_lrs))
+        return base_lrs, min_lrs
 
     def _changed_params(self) -> list[Tensor] | None:
         """The optimizer's parameters if they differ from the tracked ones, else None.
 
-        Raises ``ValueError`` (before anything changes) when tracked parameters
-        were removed, or when a group was added and ``min_lr`` was given per group
-        without a floor for it.
+        Raises ``ValueError`` (before anything changes) when tracked parameters were removed.
         """
         tracked = self.velocity.trajectory.params
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -387,42 +574,14 @@ class AutoDrop(LRScheduler):
                 f"{removed} parameter(s) measured by AutoDrop are no longer in the optimizer's param "
                 "groups; removing parameters is not supported (build a new AutoDrop)"
             )
-        groups = len(self.optimizer.param_groups)
-        if self.min_lr_per_group and len(self.min_lrs) != groups:
-            raise ValueError(
-                f"the optimizer now has {groups} param groups but min_lrs has {len(self.min_lrs)} floors "
-                "(min_lr was given per group): append the new groups' floors to scheduler.min_lrs"
-            )
         return params
 
-    def _track(self, params: list[Tensor]) -> None:
-        """Measure the optimizer's new parameter list from the next interval on."""
-        trajectory = self.velocity.trajectory
+    @staticmethod
+    def _finite_newcomers(params: list[Tensor], trajectory: Any) -> bool:
+        """Whether the parameters that would join are finite (a non-finite one would poison the
+        snapshot; it is tried again at the next interval)."""
         known = {id(p) for p in trajectory.params}
-        if not all(bool(torch.isfinite(local_tensor(p)).all()) for p in params if id(p) not in known):
-            return  # a non-finite newcomer would poison the snapshot; it is tried again next interval
-        sums = trajectory.views_by_param(self.averager.sums) if self.averager.active else None
-        trajectory.retrack(params)
-        if sums is not None:
-            self.averager.retrack(sums)
-        for group in self.optimizer.param_groups[len(self.base_lrs) :]:
-            group.setdefault("initial_lr", group["lr"])
-            self.base_lrs.append(group["initial_lr"])
-        self.min_lrs.extend(self.min_lrs[:1] * (len(self.base_lrs) - len(self.min_lrs)))
-
-    def _drop(self) -> None:
-        if self.averager.active:
-            self.averager.apply()
-            if self.after_average is not None:
-                self.after_average()
-        for group, floor in zip(self.optimizer.param_groups, self.min_lrs, strict=True):
-            lr = float(group["lr"])
-            # A group that starts below its floor keeps its LR: a drop never raises one.
-            _set_lr(group, min(lr, max(floor, self.factor * lr)))
-        self.detector.on_drop(self.factor)
-        self.pending = False
-        self.delay_count = 0
-        self.num_drops += 1
+        return all(bool(torch.isfinite(local_tensor(p)).all()) for p in params if id(p) not in known)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: counters, thresholds, buffers and history.
@@ -436,6 +595,7 @@ class AutoDrop(LRScheduler):
             "factor": self.factor,
             "min_lrs": list(self.min_lrs),
             "min_lr_per_group": self.min_lr_per_group,
+            "max_drops": self.max_drops,
             "delay": self.delay,
             "average": self.average,
             "on_nonfinite": self.on_nonfinite,
@@ -447,6 +607,8 @@ class AutoDrop(LRScheduler):
             "pending": self.pending,
             "delay_count": self.delay_count,
             "num_drops": self.num_drops,
+            "converged": self._converged,
+            "write_back_due": self.write_back_due,
             "history": [dict(record, lrs=list(record["lrs"])) for record in self.history],
             "detector": self.detector.state_dict(),
             "velocity": self.velocity.state_dict(),
@@ -479,14 +641,17 @@ class AutoDrop(LRScheduler):
                 raise ValueError(f"{name(key)} has {len(values)} values, the optimizer has {groups} param groups")
             for index, value in enumerate(values):
                 check_real(f"{name(key)}[{index}]", value, ">= 0", lambda v: v >= 0)
-        for key in ("min_lr_per_group", "average", "pending"):
+        for key in ("min_lr_per_group", "average", "pending", "converged", "write_back_due"):
             check_bool(name(key), state[key])
         delay = check_int(name("delay"), state["delay"], 0)
         check_choice(name("on_nonfinite"), state["on_nonfinite"], ON_NONFINITE)
         max_history = None if state["max_history"] is None else check_int(name("max_history"), state["max_history"], 1)
         last_epoch = check_int(name("last_epoch"), state["last_epoch"], 0)
         check_int(name("step_count"), state["step_count"], last_epoch, last_epoch)
-        check_int(name("num_drops"), state["num_drops"], 0, last_epoch)
+        max_drops = None if state["max_drops"] is None else check_int(name("max_drops"), state["max_drops"], 0)
+        check_int(name("num_drops"), state["num_drops"], 0, last_epoch if max_drops is None else min(last_epoch, max_drops))
+        if state["converged"] and state["pending"]:
+            raise ValueError(f"{name('converged')} and {name('pending')} are both True: a converged run has no window open")
         if state["pending"]:
             check_int(name("delay_count"), state["delay_count"], 1, delay - 1)
         else:
@@ -495,15 +660,20 @@ class AutoDrop(LRScheduler):
         self._check_history(state["history"], last_epoch, max_history, tuple(self.detector.statistics()))
 
         self.velocity.check_state(state["velocity"], name("velocity"))
-        self.averager.check_state(state["averaging"], name("averaging"))
+        WeightedAverage.check_state(state["averaging"], self.velocity.trajectory, name("averaging"))
         window_open = state["pending"] and state["average"] and delay > 0
-        if (state["averaging"]["sums"] is not None) != window_open:
+        if state["write_back_due"] and (state["pending"] or not state["average"] or delay == 0):
             raise ValueError(
-                f"{name('averaging')} {'has' if not window_open else 'lacks'} sums, but the state "
-                f"{'has' if window_open else 'has no'} open averaging window"
+                f"{name('write_back_due')} is True, but the state has {'a pending drop' if state['pending'] else 'no averaging'}"
             )
-        k = state["delay_count"]
-        if window_open and state["averaging"]["total_weight"] != k * (k + 1) / 2:
+        holds_sums = window_open or state["write_back_due"]
+        if (state["averaging"]["sums"] is not None) != holds_sums:
+            raise ValueError(
+                f"{name('averaging')} {'has' if not holds_sums else 'lacks'} sums, but the state "
+                f"{'has' if holds_sums else 'has no'} open averaging window or write-back due"
+            )
+        k = delay if state["write_back_due"] else state["delay_count"]
+        if holds_sums and state["averaging"]["total_weight"] != k * (k + 1) / 2:
             raise ValueError(
                 f"{name('averaging')}['total_weight'] is {state['averaging']['total_weight']!r}, "
                 f"expected {k * (k + 1) / 2} after {k} intervals of the window"
@@ -544,12 +714,18 @@ class AutoDrop(LRScheduler):
         """
         self.check_state(state_dict)
         state_dict = _upgrade(state_dict)
+        with deferred_signals():
+            self._load_checked(state_dict)
+
+    def _load_checked(self, state_dict: Mapping[str, Any]) -> None:
         self.velocity.load_state_dict(state_dict["velocity"])
-        self.averager.load_state_dict(state_dict["averaging"])
+        self.averager.load_state_dict(state_dict["averaging"], self.velocity.trajectory)
         self.detector.load_state_dict(state_dict["detector"])
+        self.write_back_due = state_dict["write_back_due"]
         self.factor = float(state_dict["factor"])
         self.min_lrs = [float(v) for v in state_dict["min_lrs"]]
         self.min_lr_per_group = state_dict["min_lr_per_group"]
+        self.max_drops = state_dict["max_drops"]
         self.delay = state_dict["delay"]
         self.average = state_dict["average"]
         self.on_nonfinite = state_dict["on_nonfinite"]
@@ -561,4 +737,5 @@ class AutoDrop(LRScheduler):
         self.pending = state_dict["pending"]
         self.delay_count = state_dict["delay_count"]
         self.num_drops = state_dict["num_drops"]
+        self._converged = state_dict["converged"]
         self.history = [dict(record, lrs=list(record["lrs"])) for record in state_dict["history"]]

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .checks import check_device, check_keys, check_optional_real, check_real
-from .geometry import ParameterTrajectory, StepStatistics
+from .interrupts import deferred_signals
+from .trajectory import ParameterTrajectory, StepStatistics
 
 __all__ = ["AngularVelocity", "angle_degrees"]
 
@@ -84,20 +85,22 @@ class AngularVelocity:
         self.last_statistics: StepStatistics | None = None
 
     def update(self) -> float | None:
-        """Close the interval: measure the new step and return omega in degrees (or None)."""
-        stats = self.trajectory.advance()
-        self.last_statistics = stats
-        self.omega = self._omega(stats)
-        return self.omega
+        """Close the interval: measure the new step and return omega in degrees (or None).
 
-    def _omega(self, stats: StepStatistics) -> float | None:
+        All or nothing: an interrupt (Ctrl-C) during the call arrives after it.
+        """
+        with deferred_signals():
+            measurement = self.trajectory.measure()
+            omega = self.omega_of(measurement.statistics)
+            self.trajectory.commit(measurement)
+            self.last_statistics, self.omega = measurement.statistics, omega
+        return omega
+
+    def omega_of(self, stats: StepStatistics) -> float | None:
+        """Omega in degrees from a step's sums; None for the first step and for a faulty one."""
         if stats.fault is not None or stats.dot is None or stats.previous_norm_sq is None:
             return None
         return angle_degrees(stats.dot, stats.norm_sq, stats.previous_norm_sq, eps=self.eps)
-
-    def rebase(self) -> None:
-        """Measure the next step from the parameters as they are now (after averaging)."""
-        self.trajectory.rebase()
 
     def state_dict(self) -> dict:
         return {"eps": self.eps, "omega": self.omega, "trajectory": self.trajectory.state_dict()}
@@ -112,6 +115,7 @@ class AngularVelocity:
     def load_state_dict(self, state: dict) -> None:
         """Check ``state`` completely (:meth:`check_state`), then apply it."""
         self.check_state(state)
-        self.trajectory.load_state_dict(state["trajectory"])
-        self.eps = float(state["eps"])
-        self.omega = None if state["omega"] is None else float(state["omega"])
+        with deferred_signals():
+            self.trajectory.load_state_dict(state["trajectory"])
+            self.eps = float(state["eps"])
+            self.omega = None if state["omega"] is None else float(state["omega"])

@@ -145,7 +145,7 @@ def meshes(rank: int) -> dict:
 
     params = {name: place(name, tensor) for name, tensor in fulls.items()}
     velocity = AngularVelocity(params.values())
-    averager = WeightedAverage(velocity.trajectory)
+    averager = WeightedAverage()
     counted = dict(zip(params, velocity.trajectory.counting.counted, strict=True))
     trajectory = [{name: t.clone() for name, t in fulls.items()}]
     omegas = []
@@ -164,10 +164,11 @@ def meshes(rank: int) -> dict:
         trajectory.append({name: t.clone() for name, t in fulls.items()})
         omegas.append(velocity.update())
         if step == 3:
-            averager.start()
+            averager.sums = WeightedAverage.empty_sums(velocity.trajectory)
         if averager.active:
-            averager.add(float(step - 2))
-    averager.apply()  # x := (1 x_4 + 2 x_5) / 3, written into every placement's local tensor
+            torch._foreach_add_(averager.sums, velocity.trajectory.snapshots(), alpha=float(step - 2))
+            averager.total_weight += step - 2
+    averager.write_back(velocity.trajectory)  # x := (1 x_4 + 2 x_5) / 3, written into every placement's local tensor
     averaged = {name: p.full_tensor() if name in placements else p.clone() for name, p in params.items()}
     return {"omegas": omegas, "trajectory": trajectory, "counted": counted, "averaged": averaged}
 

@@ -199,3 +199,34 @@ def test_callback_arguments_are_checked():
         AutoDropCallback(batch_input=3)
     with pytest.raises(TypeError, match="prefix must be a str"):
         AutoDropCallback(prefix=None)
+    with pytest.raises(TypeError, match="stop_when_converged must be a bool"):
+        AutoDropCallback(stop_when_converged=1)
+
+
+def test_stop_when_converged_ends_the_fit_and_resumes_across_the_converged_state(tmp_path):
+    # SCHEDULE triggers at every chance: trigger 3, drop 4, trigger 5, converged 6 with max_drops=1.
+    schedule = {**SCHEDULE, "max_drops": 1}
+    full, _ = fit(tmp_path / "full", epochs=20, callbacks=[AutoDropCallback(stop_when_converged=True)],
+                  schedule=schedule)
+    reference = scheduler_of(full)
+    assert reference.converged and full.current_epoch == 6
+    assert [(r["interval"], r["event"]) for r in reference.history if r["event"]] == [
+        (3, "trigger"), (4, "drop"), (5, "trigger"), (6, "converged")]
+
+    inside = tmp_path / "full" / "checkpoints" / "epoch=4.ckpt"  # inside the final window
+    assert torch.load(inside, weights_only=True)["lr_schedulers"][0]["pending"]
+    resumed, _ = fit(tmp_path / "resumed", epochs=20, ckpt_path=inside,
+                     callbacks=[AutoDropCallback(stop_when_converged=True)], schedule=schedule)
+    assert resumed.current_epoch == 6 and scheduler_of(resumed).history == reference.history
+    for a, b in zip(resumed.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    after = tmp_path / "full" / "checkpoints" / "epoch=5.ckpt"  # converged
+    again, _ = fit(tmp_path / "again", epochs=20, ckpt_path=after,
+                   callbacks=[AutoDropCallback(stop_when_converged=True)], schedule=schedule)
+    assert again.current_epoch == 6 and scheduler_of(again).history == reference.history  # stops before training
+    for a, b in zip(again.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    unstopped, _ = fit(tmp_path / "unstopped", epochs=8, callbacks=[AutoDropCallback()], schedule=schedule)
+    assert unstopped.current_epoch == 8 and scheduler_of(unstopped).converged

@@ -197,3 +197,36 @@ def test_callback_arguments_are_checked(tmp_path):
         AutoDropCallback(trainer, optimizer=None)
     with pytest.raises(TypeError, match="prefix must be a str"):
         AutoDropCallback(trainer, prefix=1)
+    with pytest.raises(TypeError, match="stop_when_converged must be a bool"):
+        AutoDropCallback(trainer, stop_when_converged="yes")
+
+
+def test_stop_when_converged_ends_training_and_resumes_across_the_converged_state(tmp_path):
+    schedule = {**SCHEDULE, "max_drops": 1}  # trigger 3, drop 4, trigger 5, converged 6
+    full = make_trainer(tmp_path / "full", epochs=20)
+    full_callback = AutoDropCallback(full, stop_when_converged=True, **schedule)
+    full.add_callback(full_callback)
+    full.train()
+    history = full_callback.scheduler.history
+    assert [(r["interval"], r["event"]) for r in history if r["event"]] == [
+        (3, "trigger"), (4, "drop"), (5, "trigger"), (6, "converged")]
+    assert full.state.global_step == 6 * STEPS_PER_EPOCH and len(history) == 6
+    assert [entry["autodrop/converged"] for entry in autodrop_logs(full)] == [0.0] * 5 + [1.0]
+
+    inside = tmp_path / "full" / f"checkpoint-{5 * STEPS_PER_EPOCH}"  # inside the final window
+    assert torch.load(inside / STATE_FILE, weights_only=True)["pending"]
+    resumed = make_trainer(tmp_path / "full", epochs=20)
+    resumed_callback = AutoDropCallback(resumed, stop_when_converged=True, **schedule)
+    resumed.add_callback(resumed_callback)
+    resumed.train(resume_from_checkpoint=str(inside))
+    assert resumed.state.global_step == 6 * STEPS_PER_EPOCH and resumed_callback.scheduler.history == history
+    for a, b in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    converged = tmp_path / "full" / f"checkpoint-{6 * STEPS_PER_EPOCH}"
+    again = make_trainer(tmp_path / "full", epochs=20)
+    again_callback = AutoDropCallback(again, stop_when_converged=True, **schedule)
+    again.add_callback(again_callback)
+    again.train(resume_from_checkpoint=str(converged))
+    assert again_callback.scheduler.converged and again_callback.scheduler.history == history
+    assert again.state.global_step <= 6 * STEPS_PER_EPOCH + 1  # stopped at once (the Trainer may take one step)

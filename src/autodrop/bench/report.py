@@ -152,7 +152,7 @@ def _paired_to(runs: _Runs, schedule: str, reference: str, lr: float) -> list[fl
 
 def _drop_gap(record: Record) -> int:
     """The longest stretch of epochs without a drop (from the start, between drops, to the end)."""
-    marks = [0, *record["drop_epochs"], record["epochs"]]
+    marks = [0, *record["drop_epochs"], len(record["test_error"])]
     return max(b - a for a, b in zip(marks, marks[1:]))
 
 
@@ -233,6 +233,78 @@ def _goal_check(split: dict[tuple[str, str], _Runs], schedule: str = "autodrop")
                      + ", ".join(f"{d:+.2f}" for d in to_cosine) + ").")
     lines.append(f"- Longest stretch without a drop in any run: {max(gaps)} epochs (goal: under 60).")
     return lines + [""]
+
+
+STOPPING_ROWS = ("autodrop-stop", "step-earlystop")
+SAVING_TARGET = 0.3  # the convergence signal should save at least this fraction of the step schedule's budget
+
+
+def _stop_epochs(record: Record) -> int:
+    """Epochs the run trained: its stop, or the whole budget."""
+    return len(record["test_error"])
+
+
+def _converged_at(record: Record, drops: int) -> tuple[int, float] | None:
+    """Where an ``autodrop`` run would have converged with ``max_drops=drops``: the interval of its
+    next drop, which averages exactly as convergence does; ``(epoch, test error there)``, or None."""
+    if len(record["drop_epochs"]) <= drops:
+        return None
+    epoch = record["drop_epochs"][drops]
+    return epoch, record["test_error"][epoch - 1]
+
+
+def _stopping(split: dict[tuple[str, str], _Runs]) -> list[str]:
+    """Epochs used and final error of the rows that stop early, against the step schedule's full budget."""
+    rows, met, cells, identical, compared = [], 0, 0, 0, 0
+    for (task, optimizer), runs in split.items():
+        for lr in sorted({lr for (_, lr) in runs.by_schedule_lr}):
+            step = {r["seed"]: r for r in runs.by_schedule_lr.get(("step", lr), [])}
+            autodrop = {r["seed"]: r for r in runs.by_schedule_lr.get(("autodrop", lr), [])}
+            candidates = []
+            for name in STOPPING_ROWS:
+                group = [r for r in runs.by_schedule_lr.get((name, lr), []) if r["seed"] in step]
+                candidates.append((f"`{name}`", [(_stop_epochs(r), r["final_test_error"], r) for r in group]))
+            derived = [(_converged_at(r, 2), r) for r in autodrop.values() if r["seed"] in step]
+            if derived and all(point is not None for point, _ in derived):
+                candidates.append(("`autodrop`, max_drops=2 (its 3rd drop)",
+                                   [(point[0], point[1], r) for point, r in derived]))
+            for label, runs_of_row in candidates:
+                if not runs_of_row:
+                    continue
+                budget = step[runs_of_row[0][2]["seed"]]["epochs"]
+                epochs = [e for e, _, _ in runs_of_row]
+                errors = [error for _, error, _ in runs_of_row]
+                differences = [error - step[r["seed"]]["final_test_error"] for _, error, r in runs_of_row]
+                step_interval = paired_interval([r["final_test_error"] for r in step.values()])
+                early = all(e <= (1 - SAVING_TARGET) * budget for e in epochs)
+                inside = step_interval is not None and statistics.mean(errors) <= step_interval[2]
+                if label == "`autodrop-stop`":
+                    cells += 1
+                    met += early and inside
+                    for e, _, r in runs_of_row:
+                        twin = autodrop.get(r["seed"])
+                        if twin is not None:
+                            compared += 1
+                            identical += twin["test_error"][:e] == r["test_error"] and twin["omega"][:e] == r["omega"]
+                rows.append([f"`{task}`", optimizer, f"{lr:g}", label, len(runs_of_row),
+                             ", ".join(map(str, epochs)), f"{100 * (1 - statistics.mean(epochs) / budget):.0f} %",
+                             _mean_std(errors), f"{step_interval[1]:.2f}-{step_interval[2]:.2f}" if step_interval else "—",
+                             _verdict(differences), "met" if early and inside else "missed"])
+    if not rows:
+        return []
+    header = ["task", "optimizer", "initial LR", "row", "seeds", "epochs used per seed", "saved vs the budget",
+              "final test error %", "step at its full budget: 95 % interval of its final error %",
+              "− step, paired, pp: mean [95 % CI]",
+              f"target: every seed ≤ {100 * (1 - SAVING_TARGET):.0f} % of the budget, mean error ≤ the interval's top"]
+    lines = ["## Stopping early: AutoDrop's convergence signal against the full budget and early stopping", "",
+             f"`autodrop-stop` meets the target in {met} of {cells} cells. `step-earlystop` is Lightning's "
+             "`EarlyStopping` on validation loss (patience 10) over the step schedule, with the same budget as a "
+             "cap; its error is the model at the stop (EarlyStopping does not restore the best epoch)."]
+    if compared:
+        lines[-1] += (f" Each `autodrop-stop` run repeats the `autodrop` run of its seed epoch for epoch until it "
+                      f"stops ({identical} of {compared} identical in test error and omega), so the rows read "
+                      "from the `autodrop` runs (convergence at its next drop) are what that `max_drops` would give.")
+    return lines + [""] + _table(header, rows)
 
 
 def _comparison(runs: _Runs) -> list[str]:
@@ -518,7 +590,7 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
         "",
     ]
     split = _split_by_task(records)
-    lines += _goal_check(split) + _resolution(split)
+    lines += _goal_check(split) + _stopping(split) + _resolution(split)
     lines += _autodrop_cost(records)
     for (task, optimizer), runs in split.items():
         label = task if optimizer == "sgd" else f"{task}-{optimizer}"

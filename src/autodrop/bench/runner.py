@@ -67,6 +67,7 @@ class Suite:
 
 _COMPARED = ("constant", "step", "cosine", "plateau", "autodrop", "autodrop-paper", "autodrop-smooth", "activesgd")
 _PAPER_SWEEP = {"step": PAPER_LR_FACTORS, "autodrop": PAPER_LR_FACTORS}
+_STOPPING = ("autodrop-stop", "step-earlystop")
 
 SUITES: dict[str, Suite] = {
     suite.name: suite
@@ -80,9 +81,10 @@ SUITES: dict[str, Suite] = {
               sweep_seeds=4,
               epochs={"mnist-mlp": 60, "mnist1d-cnn": 60}),
         Suite("long", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 100 epochs, 3 seeds: the detector protocol "
-              "(154 CPU-minutes, about 80 min on 2 cores with --jobs 2; AdamW rows with --optimizer adamw --lrs 0.001)",
-              ("mnist-mlp", "mnist1d-cnn"), ("step", "cosine", "plateau", "autodrop-paper", "autodrop"), seeds=3,
-              sweep=_PAPER_SWEEP, sweep_seeds=3, epochs={"mnist-mlp": 100, "mnist1d-cnn": 100}),
+              "and the stopping rows (hours on 2 cores with --jobs 2; AdamW rows with --optimizer adamw --lrs 0.001)",
+              ("mnist-mlp", "mnist1d-cnn"), ("step", "cosine", "plateau", "autodrop-paper", "autodrop") + _STOPPING,
+              seeds=3, sweep={**_PAPER_SWEEP, **dict.fromkeys(_STOPPING, PAPER_LR_FACTORS)}, sweep_seeds=3,
+              epochs={"mnist-mlp": 100, "mnist1d-cnn": 100}),
         Suite("cifar10", "ResNet-18 on CIFAR-10 from --data-dir, 200 epochs, the paper's setting (GPU)",
               ("cifar10-resnet18",), _COMPARED, seeds=4, sweep=_PAPER_SWEEP, sweep_seeds=4),
         Suite("tiny", "scikit-learn digits, small CNN with BatchNorm, 3 epochs: a smoke test, "
@@ -281,6 +283,8 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
             if not math.isfinite(train_loss):
                 diverged = True
                 break
+            if control.should_stop():
+                break
     errors = curves["test_error"]
     best = min(range(len(errors)), key=errors.__getitem__)
     return {
@@ -299,6 +303,7 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
         "trigger_epochs": _trigger_epochs(curves["event"], autodrop),
         "drop_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "drop"],
         "diverged": diverged,
+        "stopped_epoch": len(errors) if len(errors) < spec.epochs and not diverged else None,
         "wall_s": time.perf_counter() - wall,
         "cpu_s": time.process_time() - cpu,
     }

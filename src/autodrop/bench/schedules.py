@@ -16,6 +16,11 @@ once per epoch by ``end_epoch(val_loss)``. Rows:
   max threshold 1 deg, window 1): the faithful reproduction;
 - ``autodrop-smooth``: the paper's rule on omega averaged over 5 epochs with
   threshold 0.2 deg, an earlier non-paper option kept for comparison;
+- ``autodrop-stop``: ``autodrop`` with ``max_drops=1``, and the run stops at
+  ``AutoDrop.converged`` (the epochs are then only a cap);
+- ``step-earlystop``: ``step``, and the run stops as Lightning's
+  ``EarlyStopping(monitor="val_loss", patience=10)`` would: after 10 epochs in
+  a row without a validation loss below the best so far;
 - ``activesgd`` / ``activeadamw``: the ActiveLR optimizers at their faithful
   defaults (lr_high 2.0, lr_low 0.5) with no LR schedule, as their authors ran
   them; the row builds the optimizer and ends its epoch once per epoch.
@@ -26,6 +31,7 @@ or AdamW (torch defaults, weight decay 1e-2).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +43,8 @@ from torch.optim import Optimizer
 from ..active import ActiveAdamW, ActiveSGD
 from ..scheduler import AutoDrop
 
-__all__ = ["PAPER_DELAY", "PAPER_EPOCHS", "SCHEDULES", "Control", "Schedule", "Setup", "autodrop_delay"]
+__all__ = ["PAPER_DELAY", "PAPER_EPOCHS", "SCHEDULES", "Control", "EarlyStopping", "Schedule", "Setup",
+           "autodrop_delay"]
 
 PAPER_EPOCHS = 200
 PAPER_DELAY = 20
@@ -76,12 +83,34 @@ class Setup:
 
 @dataclass
 class Control:
-    """A built row: the optimizer, the per-epoch hook, and the AutoDrop scheduler if there is one."""
+    """A built row: the optimizer, the per-epoch hook, the AutoDrop scheduler if there is one,
+    and ``should_stop()``, asked after every epoch's ``end_epoch`` (True ends the run there)."""
 
     optimizer: Optimizer
     end_epoch: Callable[[float], None]
     autodrop: AutoDrop | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    should_stop: Callable[[], bool] = lambda: False
+
+
+class EarlyStopping:
+    """Lightning's ``EarlyStopping(monitor="val_loss", mode="min", patience, min_delta=0)``:
+    stop once ``patience`` epochs in a row brought no validation loss below the best so far."""
+
+    def __init__(self, patience: int = 10) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.epochs_without_improvement = 0
+
+    def update(self, val_loss: float) -> None:
+        if val_loss < self.best:
+            self.best, self.epochs_without_improvement = val_loss, 0
+        else:
+            self.epochs_without_improvement += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.epochs_without_improvement >= self.patience
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,18 @@ def _step(setup: Setup) -> Control:
     return Control(optimizer, lambda val_loss: scheduler.step(), settings={"milestones": milestones})
 
 
+def _step_early_stopping(setup: Setup) -> Control:
+    control = _step(setup)
+    stopping = EarlyStopping(patience=10)
+
+    def end_epoch(val_loss: float) -> None:
+        control.end_epoch(val_loss)
+        stopping.update(val_loss)
+
+    return Control(control.optimizer, end_epoch, settings={**control.settings, "patience": stopping.patience},
+                   should_stop=lambda: stopping.should_stop)
+
+
 def _cosine(setup: Setup) -> Control:
     optimizer = make_optimizer(setup)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=setup.epochs)
@@ -124,12 +165,14 @@ def _plateau(setup: Setup) -> Control:
     return Control(optimizer, scheduler.step)
 
 
-def _autodrop(**options: Any) -> Callable[[Setup], Control]:
+def _autodrop(stop_when_converged: bool = False, **options: Any) -> Callable[[Setup], Control]:
     def build(setup: Setup) -> Control:
         optimizer = make_optimizer(setup)
         settings = {"delay": autodrop_delay(setup.epochs), **options}
         scheduler = AutoDrop(optimizer, after_average=setup.refresh_batchnorm, **settings)
-        return Control(optimizer, lambda val_loss: scheduler.step(), autodrop=scheduler, settings=settings)
+        should_stop = (lambda: scheduler.converged) if stop_when_converged else (lambda: False)
+        return Control(optimizer, lambda val_loss: scheduler.step(), autodrop=scheduler, settings=settings,
+                       should_stop=should_stop)
 
     return build
 
@@ -148,9 +191,13 @@ SCHEDULES: dict[str, Schedule] = {
     for row in (
         Schedule("constant", "constant LR", _constant),
         Schedule("step", "MultiStepLR at 30/60/80% of the epochs, gamma 0.2", _step),
+        Schedule("step-earlystop", "step, stopped by early stopping on validation loss (patience 10)",
+                 _step_early_stopping),
         Schedule("cosine", "cosine annealing to 0 over the run", _cosine),
         Schedule("plateau", "ReduceLROnPlateau on validation loss, factor 0.2, patience 10", _plateau),
         Schedule("autodrop", "AutoDrop, library defaults (trend-test detector)", _autodrop()),
+        Schedule("autodrop-stop", "AutoDrop, library defaults, max_drops=1, stops when converged",
+                 _autodrop(stop_when_converged=True, max_drops=1)),
         Schedule("autodrop-paper", "AutoDrop, the paper's detector (threshold 0.01 deg, window 1)",
                  _autodrop(detector="paper")),
         Schedule("autodrop-smooth", "AutoDrop, paper's rule on omega averaged over 5 epochs, threshold 0.2 deg",

@@ -12,7 +12,8 @@ continues the same schedule::
         scheduler = AutoDrop(optimizer, delay=5)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-:class:`AutoDropCallback` adds logging and an optional BatchNorm refresh.
+:class:`AutoDropCallback` adds logging, an optional BatchNorm refresh, and can
+stop the fit when AutoDrop has converged (``stop_when_converged=True``).
 Needs ``pip install 'autodrop[lightning]'``.
 """
 
@@ -49,8 +50,9 @@ class AutoDropCallback(pl.Callback):
     After every ``AutoDrop.step()`` the record's scalars (see
     :mod:`autodrop.history_log`: omega, delta, threshold, lr, trigger, drop) go to
     every logger of the Trainer as ``prefix + name`` at the current
-    ``trainer.global_step``, and each drop is announced on rank zero. Records
-    already in the history when training starts (a resumed run) are not logged again.
+    ``trainer.global_step``, and each drop and the convergence are announced on
+    rank zero. Records already in the history when training starts (a resumed
+    run) are not logged again.
 
     Args:
         refresh_batchnorm: recompute BatchNorm running statistics right after
@@ -62,9 +64,14 @@ class AutoDropCallback(pl.Callback):
             that pass; ``None`` (default) passes a tensor batch as is and the
             first element of a tuple or list batch.
         prefix: prefix of the logged names (default ``"autodrop/"``).
+        stop_when_converged: set ``trainer.should_stop`` once ``AutoDrop.converged``
+            is True (default False), e.g. with ``AutoDrop(..., max_drops=2)``;
+            ``max_epochs`` is then only a cap. Lightning honours it at the end of
+            the epoch, once ``min_epochs`` are done; a fit resumed from a
+            checkpoint of a converged run stops before training.
 
     Example:
-        >>> trainer = lightning.Trainer(max_epochs=50, callbacks=[AutoDropCallback(refresh_batchnorm=True)])
+        >>> trainer = lightning.Trainer(max_epochs=200, callbacks=[AutoDropCallback(stop_when_converged=True)])
         ... # doctest: +SKIP
     """
 
@@ -73,6 +80,7 @@ class AutoDropCallback(pl.Callback):
         refresh_batchnorm: bool = False,
         batch_input: Callable[[Any], Any] | None = None,
         prefix: str = "autodrop/",
+        stop_when_converged: bool = False,
     ) -> None:
         if not isinstance(refresh_batchnorm, bool):
             raise TypeError(f"refresh_batchnorm must be a bool, got {refresh_batchnorm!r}")
@@ -80,6 +88,9 @@ class AutoDropCallback(pl.Callback):
             raise TypeError(f"batch_input must be callable or None, got {batch_input!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
+        if not isinstance(stop_when_converged, bool):
+            raise TypeError(f"stop_when_converged must be a bool, got {stop_when_converged!r}")
+        self.stop_when_converged = stop_when_converged
         self.refresh_batchnorm = refresh_batchnorm
         self.batch_input = batch_input
         self.prefix = prefix
@@ -90,6 +101,8 @@ class AutoDropCallback(pl.Callback):
         self.scheduler = find_autodrop(trainer)
         # a resumed fit has restored the history by now; its records were logged by the first run
         self._logged = self.scheduler.last_epoch
+        if self.stop_when_converged and self.scheduler.converged:
+            trainer.should_stop = True
         if self.refresh_batchnorm:
             if self.scheduler.after_average is not None:
                 raise ValueError(
@@ -117,9 +130,12 @@ class AutoDropCallback(pl.Callback):
             metrics = {self.prefix + name: value for name, value in history_scalars(record).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
-            if record["event"] == "drop":
+            if record["event"] in ("drop", "converged"):
+                what = "LR drop" if record["event"] == "drop" else "converged"
                 pl.utilities.rank_zero_info(
-                    f"AutoDrop: LR drop at interval {record['interval']} (epoch {trainer.current_epoch}): "
+                    f"AutoDrop: {what} at interval {record['interval']} (epoch {trainer.current_epoch}): "
                     f"lr {record['lrs'][0]:.4g}"
                 )
         self._logged = self.scheduler.last_epoch
+        if self.stop_when_converged and self.scheduler.converged:
+            trainer.should_stop = True

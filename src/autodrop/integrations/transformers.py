@@ -53,6 +53,10 @@ class AutoDropCallback(hf.TrainerCallback):
     At every checkpoint the state is written to ``<checkpoint>/autodrop_scheduler.pt``;
     ``trainer.train(resume_from_checkpoint=...)`` loads it from
     ``<args.output_dir>/checkpoint-<global step>``, the folder the Trainer wrote.
+    With ``stop_when_converged=True`` the callback sets
+    ``control.should_training_stop`` once ``AutoDrop.converged`` is True (a
+    run resumed from a converged checkpoint stops after at most one optimizer
+    step, which the Trainer takes before it looks, and measures no interval).
 
     Args:
         trainer: the ``transformers.Trainer`` to log through; its
@@ -62,6 +66,8 @@ class AutoDropCallback(hf.TrainerCallback):
             int ``>= 1`` steps it every that many optimizer steps instead
             (for step-based training, e.g. ``max_steps``).
         prefix: prefix of the logged names (default ``"autodrop/"``).
+        stop_when_converged: stop training once AutoDrop has converged (default
+            False), e.g. with ``max_drops=2``; ``num_train_epochs`` is then a cap.
         **autodrop_kwargs: passed to :class:`autodrop.AutoDrop` (``factor``,
             ``delay``, ``detector``, ...); names are checked here.
 
@@ -70,7 +76,12 @@ class AutoDropCallback(hf.TrainerCallback):
     """
 
     def __init__(
-        self, trainer: Any, every_n_steps: int | None = None, prefix: str = "autodrop/", **autodrop_kwargs: Any
+        self,
+        trainer: Any,
+        every_n_steps: int | None = None,
+        prefix: str = "autodrop/",
+        stop_when_converged: bool = False,
+        **autodrop_kwargs: Any,
     ) -> None:
         if not isinstance(trainer, hf.Trainer):
             raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
@@ -78,6 +89,8 @@ class AutoDropCallback(hf.TrainerCallback):
             check_int("every_n_steps", every_n_steps, 1)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
+        if not isinstance(stop_when_converged, bool):
+            raise TypeError(f"stop_when_converged must be a bool, got {stop_when_converged!r}")
         if "optimizer" in autodrop_kwargs:
             raise TypeError("AutoDropCallback takes the Trainer's optimizer; do not pass optimizer")
         inspect.signature(AutoDrop).bind_partial(**autodrop_kwargs)
@@ -85,6 +98,7 @@ class AutoDropCallback(hf.TrainerCallback):
         self.trainer = trainer
         self.every_n_steps = every_n_steps
         self.prefix = prefix
+        self.stop_when_converged = stop_when_converged
         self.autodrop_kwargs = autodrop_kwargs
         self.scheduler: AutoDrop | None = None
         self._trainer_schedule: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -107,14 +121,21 @@ class AutoDropCallback(hf.TrainerCallback):
                     "resume from a checkpoint that AutoDropCallback saved under TrainingArguments.output_dir"
                 )
             self.scheduler.load_state_dict(torch.load(path, weights_only=True))
+        control.should_training_stop |= self._stopping()
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.every_n_steps is None:
+        if self.every_n_steps is None and not self._stopping():
             self._step()
+        control.should_training_stop |= self._stopping()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.every_n_steps is not None and state.global_step % self.every_n_steps == 0:
+        if self.every_n_steps is not None and state.global_step % self.every_n_steps == 0 and not self._stopping():
             self._step()
+        control.should_training_stop |= self._stopping()
+
+    def _stopping(self) -> bool:
+        """Converged, and asked to stop then: no more intervals are measured."""
+        return self.stop_when_converged and self.scheduler.converged
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save and self.scheduler is not None:
@@ -130,10 +151,11 @@ class AutoDropCallback(hf.TrainerCallback):
         self._trainer_schedule._last_lr = list(lrs)
         record = scheduler.history[-1]
         self.trainer.log({self.prefix + name: value for name, value in history_scalars(record).items()})
-        if record["event"] == "drop":
+        if record["event"] in ("drop", "converged"):
             logger.info(
-                "AutoDrop: LR drop at interval %d (global step %d): lr %.4g",
-                record["interval"], self.trainer.state.global_step, lrs[0],
+                "AutoDrop: %s at interval %d (global step %d): lr %.4g",
+                "LR drop" if record["event"] == "drop" else "converged", record["interval"],
+                self.trainer.state.global_step, lrs[0],
             )
 
 

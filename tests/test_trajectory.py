@@ -2,12 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-import autodrop.geometry as geometry
-from autodrop.geometry import CPU_REDUCTION_CHUNK, ParameterTrajectory
+import autodrop.trajectory as trajectory_module
+from autodrop.trajectory import CPU_REDUCTION_CHUNK, ParameterTrajectory
 
-from trajectories import flat64
+from trajectories import angle64, flat64
 
 pytestmark = pytest.mark.usefixtures("stepping")
+
+
+def advance(trajectory):
+    """Measure the step and commit it (as AngularVelocity.update does); its statistics."""
+    measurement = trajectory.measure()
+    trajectory.commit(measurement)
+    return measurement.statistics
 
 
 def make_params(dtypes=(torch.float32,)):
@@ -35,7 +42,7 @@ def test_reductions_match_float64_reference(dtypes):
     for seed in range(4):
         perturb(params, 0.1 * (seed + 1), seed)
         snapshots.append(flat64(params))
-        results.append(trajectory.advance())
+        results.append(advance(trajectory))
 
     steps = np.diff(np.stack(snapshots), axis=0)
     assert results[0].dot is None and results[0].previous_norm_sq is None
@@ -76,41 +83,28 @@ def test_rejects_empty_or_repeated_params(bad, message):
         ParameterTrajectory(bad)
 
 
-@pytest.mark.parametrize("precise", [False, True])
 @pytest.mark.parametrize(
     "extra",
     [(), ((2 * CPU_REDUCTION_CHUNK,),), ((CPU_REDUCTION_CHUNK + 1, 3),)],
     ids=["one chunk", "chunks", "chunks+tail"],
 )
-def test_both_reductions_match_float64_and_write_nothing(precise, extra):
+def test_measure_matches_float64_on_the_stored_steps_and_writes_nothing(extra):
     generator = torch.Generator().manual_seed(1)
     params = make_params() + [torch.randn(shape, generator=generator) for shape in extra]
     trajectory = ParameterTrajectory(params)
-    before = flat64(params)
     perturb(params, 0.1, 0)
-    trajectory.advance()
-    previous_step = flat64(params) - before
-    before = flat64(params)
+    advance(trajectory)
     perturb(params, 0.1, 1)
     (bucket,) = trajectory.buckets
     buffers = [bucket.snapshot.clone(), bucket.previous.clone()]
-    # Per chunk partials; summed here in float64, as the trajectory sums them.
-    partials = bucket.reduce_step(bucket.pieces(params), precise).double().numpy()
-    reductions = partials.reshape(-1, 3 if precise else 2).sum(0)
+    stats = trajectory.measure().statistics
     assert torch.equal(bucket.snapshot, buffers[0]) and torch.equal(bucket.previous, buffers[1])
-    if precise:
-        # Against the fp32 steps as they are stored, in float64: exact products, float64 sums.
-        stored = (bucket.snapshot - torch.cat([p.reshape(-1) for p in params])).double().numpy()
-        stored_previous = bucket.previous_step().double().numpy()
-        expected = [stored @ stored_previous, stored @ stored, stored_previous @ stored_previous]
-        np.testing.assert_allclose(reductions, expected, rtol=1e-13)
-        return
-    dot, norm_sq = reductions
-    step = flat64(params) - before
-    # The dot's error is what it adds to the cosine: relative to |s_i| |s_{i-1}|.
-    scale = np.linalg.norm(step) * np.linalg.norm(previous_step)
-    np.testing.assert_allclose(dot / scale, step @ previous_step / scale, atol=1e-6)
-    np.testing.assert_allclose(norm_sq, step @ step, rtol=1e-6)
+    # Against the fp32 steps as they are stored, in float64: exact products, float64 sums.
+    stored = (bucket.snapshot - torch.cat([p.reshape(-1) for p in params])).double().numpy()
+    stored_previous = bucket.previous.double().numpy()
+    np.testing.assert_allclose(stats.dot, stored @ stored_previous, rtol=1e-13)
+    np.testing.assert_allclose(stats.norm_sq, stored @ stored, rtol=1e-13)
+    np.testing.assert_allclose(stats.previous_norm_sq, stored_previous @ stored_previous, rtol=1e-13)
 
 
 @pytest.mark.parametrize("advances", [2, 3])
@@ -122,12 +116,12 @@ def test_state_round_trip_continues_bit_identically(advances):
     trajectory = ParameterTrajectory(params)
     for seed in range(advances):
         perturb(params, 0.1, seed)
-        trajectory.advance()
+        advance(trajectory)
     resumed = ParameterTrajectory(params)
     resumed.load_state_dict(trajectory.state_dict())
     for seed in range(advances, advances + 3):
         perturb(params, 0.1, seed)
-        assert resumed.advance() == trajectory.advance()
+        assert advance(resumed) == advance(trajectory)
 
 
 def test_reductions_stay_accurate_over_millions_of_elements():
@@ -140,10 +134,10 @@ def test_reductions_stay_accurate_over_millions_of_elements():
     trajectory = ParameterTrajectory([param])
     x0 = param.double()
     param.sub_(second.float() * 1e-3)
-    trajectory.advance()
+    advance(trajectory)
     x1 = param.double()
     param.sub_(first.float() * 1e-3)
-    stats = trajectory.advance()
+    stats = advance(trajectory)
     s1, s2 = x1 - x0, param.double() - x1
     np.testing.assert_allclose(stats.dot, float(s2 @ s1), rtol=1e-6)
     np.testing.assert_allclose(stats.norm_sq, float(s2 @ s2), rtol=1e-6)
@@ -165,7 +159,7 @@ def two_steps(dtypes):
     for seed in range(2):
         perturb(params, 0.1, seed)
         snapshots.append(flat64(params))
-        trajectory.advance()
+        advance(trajectory)
     return params, trajectory, snapshots
 
 
@@ -183,7 +177,7 @@ def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(ba
     perturb(params, 0.1, 7)
     with torch.no_grad():
         params[2].view(-1)[5] = bad
-    stats = trajectory.advance()
+    stats = advance(trajectory)
     assert stats.fault == "nonfinite"
     assert_same_bits(buffer_bits(trajectory), before)
     assert trajectory.previous_norm_sq == previous_norm_sq
@@ -193,7 +187,7 @@ def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(ba
         for p, g in zip(params, good):
             p.copy_(g)
     perturb(params, 0.1, 8)
-    stats = trajectory.advance()
+    stats = advance(trajectory)
     step, last = flat64(params) - snapshots[-1], snapshots[-1] - snapshots[-2]
     assert stats.fault is None
     np.testing.assert_allclose(stats.dot, step @ last, rtol=1e-5)
@@ -204,11 +198,11 @@ def test_nonfinite_step_changes_no_buffer_bit_and_next_step_resumes_from_them(ba
 def test_zero_step_is_not_taken_and_the_last_nonzero_step_stays_the_previous_one():
     params, trajectory, snapshots = two_steps((torch.float32,))
     before = buffer_bits(trajectory)
-    stats = trajectory.advance()  # nothing moved
+    stats = advance(trajectory)  # nothing moved
     assert stats.fault == "zero_step" and stats.norm_sq == 0.0
     assert_same_bits(buffer_bits(trajectory), before)
     perturb(params, 0.1, 3)
-    stats = trajectory.advance()
+    stats = advance(trajectory)
     step, last = flat64(params) - snapshots[-1], snapshots[-1] - snapshots[-2]
     np.testing.assert_allclose(stats.dot, step @ last, rtol=1e-5)
 
@@ -233,66 +227,117 @@ def test_reduction_chunks_cover_every_element_once():
 def test_chunked_reduction_matches_one_chunk_and_holds_no_work_tensor(monkeypatch):
     results = []
     for chunk in (CPU_REDUCTION_CHUNK, 7):
-        monkeypatch.setattr(geometry, "CPU_REDUCTION_CHUNK", chunk)
+        monkeypatch.setattr(trajectory_module, "CPU_REDUCTION_CHUNK", chunk)
         params = make_params()
         trajectory = ParameterTrajectory(params)
         stats = []
         for seed in range(3):
             perturb(params, 0.1, seed)
+            stats.append(advance(trajectory))
             bucket = trajectory.buckets[0]
-            precise = bucket.reduce_step(bucket.pieces(params), precise=True).view(-1, 3).sum(0, dtype=torch.float64)
-            stats.append(trajectory.advance())
             held = [value for value in vars(bucket).values() if isinstance(value, torch.Tensor)]
             assert sum(t.numel() for t in held) == 2 * trajectory.numel  # snapshot and step only
-        results.append((stats, precise))
+        results.append(stats)
         assert trajectory.buckets[0].chunk_size == chunk
-    (fast_a, precise_a), (fast_b, precise_b) = results
-    for a, b in zip(fast_a, fast_b):
-        assert a.norm_sq == pytest.approx(b.norm_sq, rel=1e-6)
-        assert (a.dot is None and b.dot is None) or a.dot == pytest.approx(b.dot, rel=1e-6)
-    np.testing.assert_allclose(precise_a.numpy(), precise_b.numpy(), rtol=1e-12)
+    for a, b in zip(*results):
+        assert a.norm_sq == pytest.approx(b.norm_sq, rel=1e-12)
+        assert (a.dot is None and b.dot is None) or a.dot == pytest.approx(b.dot, rel=1e-12)
 
 
-def test_nearly_parallel_steps_take_the_float64_pass(monkeypatch):
-    passes = []
-    reduce_step = geometry._Bucket.reduce_step
-
-    def recording(bucket, current, precise=False):
-        passes.append(precise)
-        return reduce_step(bucket, current, precise)
-
-    monkeypatch.setattr(geometry._Bucket, "reduce_step", recording)
+@pytest.mark.parametrize("degrees", [0.0, 1e-3, 0.01, 0.1, 1.0, 45.0, 90.0, 135.0, 179.0, 179.99, 179.999, 180.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_omega_is_within_a_thousandth_of_a_degree_of_float64_at_any_angle(degrees, dtype):
+    # Steps of 3e5 elements (three chunks), the second turned by `degrees` from the first in a
+    # random plane; the reference is the angle of the steps as the parameters realised them.
     generator = torch.Generator().manual_seed(0)
-    param = torch.zeros(1000)
+    n = 300_000
+    u = torch.randn(n, generator=generator, dtype=torch.float64)
+    v = torch.randn(n, generator=generator, dtype=torch.float64)
+    u, v = u / u.norm(), v - (v @ u) / (u @ u) * u
+    v = v / v.norm()
+    theta = np.radians(degrees)
+    second = np.cos(theta) * u + np.sin(theta) * v
+    param = torch.zeros(n, dtype=dtype)
     trajectory = ParameterTrajectory([param])
-    first = torch.randn(1000, generator=generator)
-    steps = [first, first + 1e-4 * torch.randn(1000, generator=generator), torch.randn(1000, generator=generator)]
-    for step in steps:  # the second step is nearly parallel to the first, the third is not
+    x = [flat64([param])]
+    for step in (u, second):
         with torch.no_grad():
-            param.add_(step)
-        trajectory.advance()
-    assert passes == [False, False, True, False]
+            param.add_(step.to(dtype))
+        x.append(flat64([param]))
+        stats = advance(trajectory)
+    cosine = stats.dot / (np.sqrt(stats.norm_sq) * np.sqrt(stats.previous_norm_sq))
+    omega = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+    assert abs(omega - angle64(x[2] - x[1], x[1] - x[0], eps=0)) < 1e-3
 
 
-def test_previous_step_is_bit_for_bit_the_measured_one_in_either_form():
-    # In place, after a step the older buffer holds x_{i-2}; d_{i-1} = x_{i-2} - x_{i-1} is
-    # formed from the same two fp32 values as when it was measured, so it has the same bits,
-    # also once rebase() stores it in place, and in the state dict. Out of place the buffer
-    # holds the measured d_{i-1} itself.
+@pytest.mark.parametrize("scale", [1e-40, 1e-30, 1e20, 1e30])
+def test_tiny_and_huge_finite_steps_are_measured_not_reported_as_faults(scale):
+    params = [torch.zeros(1000)]
+    trajectory = ParameterTrajectory(params)
+    generator = torch.Generator().manual_seed(0)
+    x = [flat64(params)]
+    for _ in range(2):
+        with torch.no_grad():
+            params[0].add_(scale * torch.randn(1000, generator=generator))
+        x.append(flat64(params))
+        stats = advance(trajectory)
+    s1, s2 = x[1] - x[0], x[2] - x[1]
+    assert stats.fault is None
+    np.testing.assert_allclose([stats.dot, stats.norm_sq], [s2 @ s1, s2 @ s2], rtol=1e-6)  # fp32 steps
+
+
+def test_previous_step_is_bit_for_bit_the_measured_one():
     params = make_params((torch.float32, torch.bfloat16))
     trajectory = ParameterTrajectory(params)
     snapshots = [[b.snapshot.clone() for b in trajectory.buckets]]
     for seed in range(3):
         perturb(params, 0.1, seed)
-        trajectory.advance()
+        advance(trajectory)
         snapshots.append([b.snapshot.clone() for b in trajectory.buckets])
     measured = [torch.sub(before, after) for before, after in zip(snapshots[-2], snapshots[-1])]
-    assert all(b.previous_is_snapshot != b.out_of_place for b in trajectory.buckets)
-    assert_same_bits(bits([b.previous_step() for b in trajectory.buckets]), bits(measured))
+    assert_same_bits(bits([b.previous for b in trajectory.buckets]), bits(measured))
     assert_same_bits(bits(trajectory.state_dict()["steps"]), bits(measured))
     trajectory.rebase()
-    assert not any(b.previous_is_snapshot for b in trajectory.buckets)
     assert_same_bits(bits([b.previous for b in trajectory.buckets]), bits(measured))
+
+
+def test_a_parameter_whose_shape_changed_is_a_clear_error_and_changes_nothing():
+    params = [torch.nn.Parameter(torch.zeros(200_000)), torch.nn.Parameter(torch.zeros(3, 4))]
+    trajectory = ParameterTrajectory(params)
+    advance(trajectory)
+    before = buffer_bits(trajectory)
+    params[0].data = torch.zeros(200_001)
+    with pytest.raises(ValueError, match=r"a parameter of shape \(200000,\) torch.float32 is now \(200001,\)"):
+        trajectory.measure()
+    params[0].data = torch.zeros(200_000)
+    params[1].data = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="its .data was replaced"):
+        advance(trajectory)
+    assert_same_bits(buffer_bits(trajectory), before)
+
+
+def test_a_state_of_another_model_with_the_same_size_is_refused():
+    trajectory = ParameterTrajectory([torch.zeros(3, 4), torch.zeros(6)])
+    other = ParameterTrajectory([torch.zeros(6), torch.zeros(3, 4)])
+    with pytest.raises(ValueError, match=r"\['shapes'\]\[0\] is \[\[6\], \[3, 4\]\].*another model"):
+        trajectory.load_state_dict(other.state_dict())
+    legacy = {key: value for key, value in trajectory.state_dict().items() if key != "shapes"}
+    trajectory.load_state_dict(legacy)  # saved before shapes were recorded: checked per bucket
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (torch.zeros(3), TypeError, "a single tensor"),
+    (3.0, TypeError, "an iterable of tensors, got float"),
+    ([1.0, 2.0], TypeError, r"params\[0\] must be a tensor, got float"),
+    ([{"params": [torch.zeros(2)]}], TypeError, r"params\[0\] must be a tensor, got dict"),
+    ([torch.zeros(2, dtype=torch.complex64)], TypeError, "complex64; AutoDrop measures float16"),
+    ([torch.zeros(2, dtype=torch.int64)], TypeError, "int64"),
+    ([torch.zeros(2).to_sparse()], TypeError, "layout torch.sparse_coo"),
+    ([torch.zeros(2, device="meta")], ValueError, "meta device"),
+])
+def test_what_cannot_be_measured_is_refused_at_construction(bad, error, message):
+    with pytest.raises(error, match=message):
+        ParameterTrajectory(bad)
 
 
 def test_non_contiguous_parameters_and_replaced_data_are_measured_as_they_are_now():
@@ -313,7 +358,7 @@ def test_non_contiguous_parameters_and_replaced_data_are_measured_as_they_are_no
         if seed == 2:
             plain.data = plain.data + 0.05
         snapshots.append(flat64(params))
-        results.append(trajectory.advance())
+        results.append(advance(trajectory))
     steps = np.diff(np.stack(snapshots), axis=0)
     for i in range(1, 4):
         np.testing.assert_allclose(results[i].dot, steps[i] @ steps[i - 1], rtol=1e-5)
