@@ -177,3 +177,18 @@ def test_step_earlystop_stops_where_its_validation_loss_says():
             break
     assert expected is not None and record["stopped_epoch"] == expected == len(losses) < 60
     assert record["settings"] == {"milestones": [18, 36, 48], "patience": 10}
+
+
+def test_a_torn_last_line_is_ignored_with_a_warning_and_the_next_append_starts_clean(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    first = run_one(spec("constant", epochs=1))
+    path.write_text(json.dumps(first) + "\n" + json.dumps(first)[:50])  # killed while appending
+    with pytest.warns(UserWarning, match="last line is not complete JSON"):
+        assert [r["key"] for r in runner.read_records(path)] == [first["key"]]
+    with pytest.warns(UserWarning, match="last line is not complete JSON"):
+        records = run_all([spec("constant", epochs=1), spec("cosine", epochs=1)], path)
+    assert [r["schedule"] for r in records] == ["constant", "cosine"]
+    assert [json.loads(line)["schedule"] for line in path.read_text().splitlines()] == ["constant", "cosine"]
+    path.write_text("{not json}\n" + json.dumps(first) + "\n")
+    with pytest.raises(ValueError, match=r"runs.jsonl line 1 is not JSON"):
+        runner.read_records(path)

@@ -35,6 +35,9 @@ from .checks import check_int, check_keys, check_list, check_real
 
 __all__ = ["DETECTORS", "Detector", "PaperRule", "TrendTest", "make_detector", "student_t_quantile"]
 
+MAX_WINDOW = 10_000
+"""The largest window a detector accepts (intervals); far beyond any use, and a bound for checkpoints."""
+
 
 @runtime_checkable
 class Detector(Protocol):
@@ -93,9 +96,9 @@ class PaperRule:
         self.max_threshold = check_real(
             "max_threshold", max_threshold, f">= threshold ({threshold})", lambda v: v >= self.threshold
         )
-        self.window = check_int("window", window, 1)
+        self.window = check_int("window", window, 1, MAX_WINDOW)
         self.delta: float | None = None
-        self._recent: deque[float] = deque(maxlen=window + 1)
+        self._recent: deque[float] = deque(maxlen=self.window + 1)
 
     def observe(self, omega: float) -> bool:
         self._recent.append(omega)
@@ -121,16 +124,20 @@ class PaperRule:
         _check_keys(name, state, self.name, ("threshold", "max_threshold", "window", "recent"))
         maximum = check_real(f"{name}['max_threshold']", state["max_threshold"], "> 0", lambda v: v > 0)
         check_real(f"{name}['threshold']", state["threshold"], f"in (0, {maximum}]", lambda v: 0 < v <= maximum)
-        window = check_int(f"{name}['window']", state["window"], 1)
+        window = check_int(f"{name}['window']", state["window"], 1, MAX_WINDOW)
         _check_omegas(f"{name}['recent']", state["recent"], window + 1)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check ``state`` completely (:meth:`check_state`), then apply it."""
         self.check_state(state)
-        self.threshold = float(state["threshold"])
-        self.max_threshold = float(state["max_threshold"])
-        self.window = state["window"]
-        self._recent = deque((float(v) for v in state["recent"]), maxlen=self.window + 1)
+        window = int(state["window"])
+        recent = deque((float(v) for v in state["recent"]), maxlen=window + 1)
+        self.threshold, self.max_threshold = float(state["threshold"]), float(state["max_threshold"])
+        self.window, self._recent = window, recent
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _check_keys(name: str, state: Any, detector: str, keys: tuple[str, ...]) -> None:
@@ -277,7 +284,7 @@ class TrendTest:
         self.tolerance = check_real("tolerance", tolerance, "> 0", lambda v: v > 0)
         self.horizon = check_int("horizon", horizon, 1)
         self.slowdown = check_real("slowdown", slowdown, "in [0, 1)", lambda v: 0 <= v < 1)
-        self.window = check_int("window", window, 3)
+        self.window = check_int("window", window, 3, MAX_WINDOW)
         self.min_intervals = check_int("min_intervals", min_intervals, 3, self.window)
         self.patience = check_int("patience", patience, 1)
         self.max_wait = None if max_wait is None else check_int("max_wait", max_wait, self.min_intervals)
@@ -376,9 +383,9 @@ class TrendTest:
         restored = TrendTest(**{key: state[key] for key in self._settings()})
         recent = deque((float(omega) for omega in state["recent"]), maxlen=restored.window)
         vars(restored).update(
-            restored._measure(recent, state["length"], float(state["peak_slope"])), _recent=recent,
-            length=state["length"], passes=state["passes"], fired_at=state["fired_at"],
-            first_phase=state["first_phase"],
+            restored._measure(recent, int(state["length"]), float(state["peak_slope"])), _recent=recent,
+            length=int(state["length"]), passes=int(state["passes"]), fired_at=_optional_int(state["fired_at"]),
+            first_phase=_optional_int(state["first_phase"]),
         )
         vars(self).update(vars(restored))
 

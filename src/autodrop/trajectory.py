@@ -127,6 +127,7 @@ class _Bucket:
         self.counted = counted
         local = [local_tensor(p) for p in params]
         self.shapes = [t.shape for t in local]
+        self.full_shapes = [list(p.shape) for p in params]  # of a DTensor: its global shape
         self.param_dtype = local[0].dtype
         self.dtype = torch.promote_types(self.param_dtype, torch.float32)
         self.numel = sum(shape.numel() for shape in self.shapes)
@@ -424,7 +425,7 @@ class ParameterTrajectory:
         return {
             "snapshots": [b.snapshot.clone() for b in self.buckets],
             "steps": [b.previous.clone() for b in self.buckets],
-            "shapes": [[list(p.shape) for p in b.params] for b in self.buckets],
+            "shapes": [[list(shape) for shape in b.full_shapes] for b in self.buckets],
             "previous_norm_sq": self.previous_norm_sq,
         }
 
@@ -442,7 +443,7 @@ class ParameterTrajectory:
         if "shapes" in state:
             shapes = check_list(f"{name}['shapes']", state["shapes"], len(self.buckets))
             for index, (saved, b) in enumerate(zip(shapes, self.buckets)):
-                expected = [list(p.shape) for p in b.params]
+                expected = b.full_shapes
                 if saved != expected:
                     raise ValueError(
                         f"{name}['shapes'][{index}] is {saved!r}, but the parameters measured here have shapes "

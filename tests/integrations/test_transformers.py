@@ -230,3 +230,28 @@ def test_stop_when_converged_ends_training_and_resumes_across_the_converged_stat
     again.train(resume_from_checkpoint=str(converged))
     assert again_callback.scheduler.converged and again_callback.scheduler.history == history
     assert again.state.global_step <= 6 * STEPS_PER_EPOCH + 1  # stopped at once (the Trainer may take one step)
+
+
+def test_the_state_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.add_callback(AutoDropCallback(trainer, **SCHEDULE))
+    original = torch.save
+
+    def killed(obj, path, *args, **kwargs):
+        if str(path).endswith(STATE_FILE + ".tmp"):
+            with open(path, "wb") as file:
+                file.write(b"PK\x03\x04 half")
+            raise KeyboardInterrupt
+        return original(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.undo()
+    folder = tmp_path / f"checkpoint-{STEPS_PER_EPOCH}"
+    assert not (folder / STATE_FILE).exists()  # no file that looks complete
+    (folder / STATE_FILE).write_bytes(b"PK\x03\x04 half")  # one damaged some other way
+    resumed = make_trainer(tmp_path, epochs=2)
+    resumed.add_callback(AutoDropCallback(resumed, **SCHEDULE))
+    with pytest.raises(RuntimeError, match=f"{STATE_FILE} cannot be read"):
+        resumed.train(resume_from_checkpoint=str(folder))

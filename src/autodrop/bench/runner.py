@@ -18,6 +18,7 @@ import math
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -81,7 +82,8 @@ SUITES: dict[str, Suite] = {
               sweep_seeds=4,
               epochs={"mnist-mlp": 60, "mnist1d-cnn": 60}),
         Suite("long", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 100 epochs, 3 seeds: the detector protocol "
-              "and the stopping rows (hours on 2 cores with --jobs 2; AdamW rows with --optimizer adamw --lrs 0.001)",
+              "and the stopping rows (144 runs, 205 CPU-minutes: about 2 h on 2 cores with --jobs 2; AdamW rows with "
+              "--optimizer adamw --lrs 0.001)",
               ("mnist-mlp", "mnist1d-cnn"), ("step", "cosine", "plateau", "autodrop-paper", "autodrop") + _STOPPING,
               seeds=3, sweep={**_PAPER_SWEEP, **dict.fromkeys(_STOPPING, PAPER_LR_FACTORS)}, sweep_seeds=3,
               epochs={"mnist-mlp": 100, "mnist1d-cnn": 100}),
@@ -323,10 +325,40 @@ def _run_in_worker(spec: RunSpec) -> dict[str, Any]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records in a ``runs.jsonl`` (empty when it does not exist)."""
+    """The records in a ``runs.jsonl`` (empty when it does not exist).
+
+    A last line that is not complete JSON (a run killed while its record was
+    appended) is left out with a warning: that run is simply run again. Any other
+    line that does not parse raises a ``ValueError`` naming the file and line.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warnings.warn(f"{path}: the last line is not complete JSON (an interrupted write; "
+                              f"{len(line)} characters) and is ignored: that run will be repeated", stacklevel=2)
+                break
+            raise ValueError(f"{path} line {number} is not JSON ({error}); fix or remove that line") from None
+    return records
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut an incomplete last line off ``runs.jsonl`` (atomically), so that appending starts on a new line."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    if not text or text.endswith("\n"):
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text[: text.rfind("\n") + 1])
+    os.replace(temporary, path)
 
 
 def run_all(
@@ -347,6 +379,7 @@ def run_all(
     done = {record["key"]: record for record in read_records(runs_path)}
     todo = [spec for spec in specs if spec.key not in done]
     runs_path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_tail(runs_path)
     with runs_path.open("a") as file:
 
         def finish(record: dict[str, Any]) -> None:

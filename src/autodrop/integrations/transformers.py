@@ -120,7 +120,12 @@ class AutoDropCallback(hf.TrainerCallback):
                     f"resuming at global step {state.global_step} but AutoDrop's state {path} does not exist: "
                     "resume from a checkpoint that AutoDropCallback saved under TrainingArguments.output_dir"
                 )
-            self.scheduler.load_state_dict(torch.load(path, weights_only=True))
+            try:
+                saved = torch.load(path, weights_only=True)
+            except Exception as error:
+                raise RuntimeError(f"AutoDrop's state {path} cannot be read ({error}); resume from another "
+                                   "checkpoint") from error
+            self.scheduler.load_state_dict(saved)
         control.should_training_stop |= self._stopping()
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -139,7 +144,10 @@ class AutoDropCallback(hf.TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save and self.scheduler is not None:
-            torch.save(self.scheduler.state_dict(), os.path.join(_checkpoint_folder(args, state), STATE_FILE))
+            # written whole or not at all: a kill mid-write leaves no file that looks complete
+            path = os.path.join(_checkpoint_folder(args, state), STATE_FILE)
+            torch.save(self.scheduler.state_dict(), path + ".tmp")
+            os.replace(path + ".tmp", path)
 
     def _step(self) -> None:
         scheduler = self.scheduler
