@@ -503,3 +503,56 @@ def test_a_mutated_checkpoint_loads_exactly_or_fails_clearly_and_changes_nothing
         load_exactly_or_fail_cleanly(target, mutated(good, mutations))
 
     check()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_multiplier_halved_on_every_flip_stops_at_the_smallest_normal_and_the_state_loads(dtype):
+    param = torch.nn.Parameter(torch.ones(3, dtype=dtype))
+    optimizer = ActiveSGD([param], lr=1e-3, steps_per_epoch=1)
+    for epoch in range(200):  # the gradient's sign flips every epoch
+        optimizer.zero_grad()
+        ((-1) ** epoch * param.float().sum()).backward()
+        optimizer.step()
+    multiplier = optimizer.state[param]["multiplier"]
+    assert torch.equal(multiplier, torch.full_like(multiplier, torch.finfo(dtype).tiny))
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = ActiveSGD([torch.nn.Parameter(torch.ones(3, dtype=dtype))], lr=1e-3, steps_per_epoch=1)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+
+
+def test_numpy_scalars_and_non_bools_are_checked_at_the_door():
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = ActiveSGD([param], lr=0.1, lr_high=np.float64(2.0), lr_low=np.float32(0.5),
+                          steps_per_epoch=np.int64(4))
+    group = optimizer.param_groups[0]
+    assert (type(group["lr_high"]), type(group["lr_low"]), type(group["steps_per_epoch"])) == (float, float, int)
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+    with pytest.raises(TypeError, match="scale_weight_decay must be a bool, got None"):
+        ActiveAdamW([param], scale_weight_decay=None)
+    with pytest.raises(TypeError, match="maximize must be a bool, got 'False'"):
+        AdaBelief([param], maximize="False")
+    with pytest.raises(TypeError, match="decoupled_weight_decay must be a bool, got 1"):
+        AdaBelief([param], decoupled_weight_decay=1)
+
+
+@pytest.mark.parametrize("cls, moment", [(ActiveSGD, "momentum_buffer"), (ActiveAdamW, "exp_avg"),
+                                         (ActiveRAdam, "exp_avg_sq"), (ActiveAdaBelief, "exp_avg_var")])
+@pytest.mark.parametrize("damage", ["deleted", "None"])
+def test_a_state_whose_base_moment_is_gone_is_refused_at_load_not_at_the_next_step(cls, moment, damage):
+    param = torch.nn.Parameter(torch.ones(3))
+    kwargs = {"momentum": 0.9} if cls is ActiveSGD else {}
+    optimizer = cls([param], lr=0.1, steps_per_epoch=2, **kwargs)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    state = copy.deepcopy(optimizer.state_dict())
+    if damage == "deleted":
+        del state["state"][0][moment]
+    else:
+        state["state"][0][moment] = None
+    with pytest.raises(KeyError, match=f"lacks the base optimizer's \\['{moment}'\\]"):
+        optimizer.load_state_dict(state)

@@ -114,3 +114,25 @@ def test_digits_task_has_a_fixed_split():
     assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (1200, 200, 397)
     assert data.x_train.shape[1:] == (1, 8, 8) and 0 <= data.x_train.min() <= data.x_train.max() <= 1
     assert torch.equal(data.x_val, again.x_val) and torch.equal(data.y_test, again.y_test)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_cifar_folder_with_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder)
+    with open(folder / tasks.CIFAR_BATCHES[2], "wb") as file:
+        pickle.dump({"data": _Payload(), "labels": []}, file)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"data_batch_3 is not a CIFAR-10 batch: it refers to posix.system"):
+        cifar10_tensors(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    with open(folder / tasks.CIFAR_BATCHES[2], "wb") as file:
+        file.write(b"\x80\x04 torn")
+    with pytest.raises(ValueError, match="data_batch_3 is not a CIFAR-10 batch"):
+        cifar10_tensors(tmp_path)

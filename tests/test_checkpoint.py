@@ -6,6 +6,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from autodrop import AngularVelocity, AutoDrop, ShardedState
+from states import states_equal
 
 pytestmark = pytest.mark.usefixtures("stepping")
 
@@ -83,3 +84,22 @@ def test_rejects_other_objects_and_mismatched_buffers():
     del state["buffers"]["snapshot"]["1"]
     with pytest.raises(ValueError, match="no snapshot buffer for parameter 1"):
         ShardedState(scheduler).load_state_dict(state)
+
+
+def test_malformed_sharded_states_name_what_is_wrong_and_change_nothing():
+    _, _, scheduler = build()
+    good = ShardedState(scheduler).state_dict()
+    before = scheduler.state_dict()
+    cases = [
+        ({"buffers": good["buffers"]}, KeyError, r"sharded state lacks \['meta'\]"),
+        ({**good, "buffers": {"snapshot": {}}}, KeyError, r"sharded state\['buffers'\] lacks \['step', 'sum'\]"),
+        ({**good, "meta": "not bytes"}, TypeError, r"\['meta'\] must be bytes"),
+        ({**good, "meta": b"\x00 torn"}, ValueError, r"\['meta'\] cannot be read"),
+        ({**good, "buffers": {**good["buffers"], "sum": [1, 2]}}, TypeError, r"\['sum'\] must be a dict of tensors"),
+        ({**good, "buffers": {**good["buffers"], "step": {**good["buffers"]["step"], "0": 3.0}}}, TypeError,
+         "step buffer of parameter 0 must be a tensor"),
+    ]
+    for state, error, message in cases:
+        with pytest.raises(error, match=message):
+            ShardedState(scheduler).load_state_dict(state)
+    assert states_equal(scheduler.state_dict(), before)

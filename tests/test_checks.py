@@ -46,7 +46,7 @@ def test_the_pieces_under_autodrop_check_their_arguments_too():
             ParameterTrajectory([torch.zeros(2)], snapshot_device=device)
     with pytest.raises(ValueError, match="NaN or Inf"):
         ParameterTrajectory([torch.tensor([float("inf")])])
-    with pytest.raises(ValueError, match=r"window must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"window must be an int in \[1, 10000\], got 0"):
         PaperRule(0.1, 1.0, window=0)
     with pytest.raises(ValueError, match=r"max_threshold must be >= threshold"):
         PaperRule(0.1, 0.05)

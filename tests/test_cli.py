@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import pytest
 
@@ -12,7 +13,7 @@ def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
     assert "drops; final lr" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     rows = (tmp_path / "history.csv").read_text().splitlines()
-    assert rows[0].startswith("interval,omega,delta,threshold,event,lr") and len(rows) == 1 + 12
+    assert rows[0].startswith("interval,omega,delta,threshold,event,reason,lr") and len(rows) == 1 + 12
 
 
 def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
@@ -51,13 +52,68 @@ def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5
 
 
-def test_bench_without_its_data_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="needs --data-dir"):
-        main(["bench", "--suite", "cifar10", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="lacks"):
-        main(["bench", "--suite", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--schedules"):
-        main(["bench", "--suite", "tiny", "--schedules", "weekly", "--out", str(tmp_path)])
+def refused(argv, capsys):
+    """Run the command, expect argparse's exit status 2, return the one-line error it printed."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    return lines[-1]
+
+
+def test_bench_without_its_data_is_a_clear_error(tmp_path, capsys):
+    assert "needs --data-dir" in refused(["bench", "--suite", "cifar10", "--out", str(tmp_path)], capsys)
+    assert "lacks" in refused(["bench", "--suite", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)],
+                              capsys)
+    assert "--schedules" in refused(["bench", "--suite", "tiny", "--schedules", "weekly", "--out", str(tmp_path)],
+                                    capsys)
+
+
+def test_bad_input_is_one_line_naming_the_option_and_exit_status_2(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    cases = [
+        (["bench", "--out", str(a_file)], "--out '" + str(a_file) + "' is a file; give a folder"),
+        (["bench", "--out", str(a_file / "below")], "--out '" + str(a_file / "below") + "' cannot be made"),
+        (["bench", "--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'"),
+        (["bench", "--device", "mps"], "--device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+        (["bench", "--device", "xpu"], "--device must be auto, cpu, cuda or cuda:N, got 'xpu'"),
+        (["bench", "--lrs", "0.1", "-1"], "--lrs must be a finite number > 0, got -1"),
+        (["bench", "--jobs", "0"], "--jobs must be an int >= 1, got 0"),
+        (["nqm", "--iterations", "0"], "--iterations must be an int >= 10, got 0"),
+        (["nqm", "--autodrop-iterations", "3"], "--autodrop-iterations must be an int >= 10, got 3"),
+        (["nqm", "--momentum", "nan"], "--momentum must be a finite number in [0, 1), got nan"),
+        (["nqm", "--out", str(a_file)], "is a file; give a folder"),
+        (["demo", "--lr", "-1"], "--lr must be a finite number > 0, got -1"),
+        (["demo", "--samples", "0"], "--samples must be an int >= 10, got 0"),
+        (["demo", "--epochs", "x"], "--epochs must be an int >= 1, got 'x'"),
+        (["calibrate", "--replications", "0"], "--replications must be an int >= 1, got 0"),
+        (["calibrate", "--sigmas", "1", "-2"], "--sigmas must be a finite number >= 0, got -2"),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((["demo", "--out", str(locked)], "is not writable"))
+    for argv, message in cases:
+        assert message in refused(argv, capsys), argv
+
+
+@pytest.mark.filterwarnings("ignore:Data has no positive values")  # the LR plot of a run at lr 0
+def test_demo_prints_a_skipped_interval_without_an_omega(tmp_path, capsys, monkeypatch):
+    from autodrop import scheduler
+
+    original = scheduler.AutoDrop.__init__
+
+    def faulty(self, optimizer, **kwargs):  # every interval is skipped: nothing moves at lr 0
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0
+        original(self, optimizer, **kwargs)
+
+    monkeypatch.setattr(scheduler.AutoDrop, "__init__", faulty)
+    with pytest.warns(RuntimeWarning, match="did not move"):
+        main(["demo", "--out", str(tmp_path), "--epochs", "3", "--samples", "200", "--delay", "1"])
+    assert "skipped   omega      - deg" in capsys.readouterr().out
 
 
 def test_calibrate_prints_every_detector_on_every_series(capsys):
@@ -68,7 +124,4 @@ def test_calibrate_prints_every_detector_on_every_series(capsys):
     for name in CANDIDATES:
         assert printed.count(name) == 7  # 3 saturating shapes, 3 linear rises, the NQM
     assert "linear 0.2 deg/interval sigma 1" in printed and "nqm" in printed and "Targets for the default" in printed
-    with pytest.raises(SystemExit, match="--replications must be >= 1"):
-        main(["calibrate", "--replications", "0"])
-    with pytest.raises(SystemExit, match="--sigmas must be finite and >= 0"):
-        main(["calibrate", "--sigmas", "1", "-2"])
+

@@ -46,7 +46,7 @@ def test_csv_has_one_row_per_record_and_reads_back_exactly(tmp_path):
     path = write_history_csv(history, tmp_path / "nested" / "history.csv")
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "lr", "lr_group1"]
+    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "reason", "lr", "lr_group1"]
     assert len(rows) == len(history)
 
     def cell(value):
@@ -100,9 +100,28 @@ def test_the_trend_test_statistics_become_columns_and_scalars(tmp_path):
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     statistics = ["slope", "noise", "phase", "passes", "wait"]
-    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "lr", *statistics]
+    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "reason", "lr", *statistics]
     for row, record in zip(rows, history, strict=True):
         assert [None if row[key] == "" else float(row[key]) for key in statistics] == [record[key] for key in statistics]
         scalars = history_scalars(record)
         assert {key: scalars[key] for key in statistics if key in scalars} == {
             key: float(record[key]) for key in statistics if record[key] is not None}
+
+
+def test_csv_keeps_the_reason_of_a_skipped_interval_and_refuses_malformed_histories(tmp_path):
+    history = run_history(groups=1)
+    skipped = {**history[-1], "event": "skipped", "reason": "zero_step", "omega": None, "delta": None}
+    path = write_history_csv(history + [skipped], tmp_path / "history.csv")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert (rows[-1]["event"], rows[-1]["reason"]) == ("skipped", "zero_step") and rows[0]["reason"] == ""
+    target = tmp_path / "bad.csv"
+    for bad, error, message in [
+        ("history", TypeError, "history must be a list"),
+        ([{"interval": 1}], ValueError, r"history\[0\] lacks \['omega'"),
+        ([history[0], 3], TypeError, r"history\[1\] must be a dict"),
+        ([{**history[0], "lrs": 0.1}], ValueError, r"history\[0\]\['lrs'\] must be a list"),
+    ]:
+        with pytest.raises(error, match=message):
+            write_history_csv(bad, target)
+    assert not target.exists()

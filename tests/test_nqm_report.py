@@ -25,3 +25,15 @@ def test_nqm_command_writes_the_table_and_both_figures(tmp_path, capsys):
     assert autodrop["improvement"] == pytest.approx(autodrop["fixed_lr_stationary_loss"] / autodrop["final_loss"])
     for name in ("nqm_fixed_lr.png", "nqm_autodrop.png"):
         assert (tmp_path / name).stat().st_size > 20_000
+
+
+def test_without_matplotlib_the_json_is_written_and_one_line_says_what_the_figures_need(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    main(["nqm", "--out", str(tmp_path), "--iterations", "200", "--autodrop-iterations", "100"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"wrote {tmp_path / 'nqm.json'} (the figures need matplotlib: pip install 'autodrop[plots]')"
+    assert json.loads((tmp_path / "nqm.json").read_text())["fixed_lr"]
+    assert not list(tmp_path.glob("*.png"))

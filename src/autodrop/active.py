@@ -12,6 +12,8 @@ At the end of every epoch, where both signs exist (so from the second epoch on):
     g := g + lr_high    if sign(G_now) == s_prev   (the direction held: additive increase)
     g := g * lr_low     if sign(G_now) == -s_prev  (it flipped: multiplicative decrease)
 
+(g never falls below the smallest normal number of its dtype, so it never reaches 0)
+
 then s_prev := sign(G_now) where G_now != 0, and G_now := 0. An element whose
 epoch sum is exactly zero received no gradient (no ``.grad``, unused embedding
 rows, dead units): it keeps its multiplier and its last sign, instead of being
@@ -36,7 +38,7 @@ from torch.optim import SGD, AdamW, Optimizer, RAdam
 from torch.optim.optimizer import ParamsT
 
 from .adabelief import AdaBelief
-from .checks import check_int, check_keys, check_list, check_real
+from .checks import check_bool, check_int, check_keys, check_list, check_real
 
 __all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
 
@@ -78,21 +80,26 @@ _DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay by 
 """
 
 
-def _check_active_args(suffix: str, values: Mapping[str, Any]) -> None:
+def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ActiveLR keys of ``values``, checked, as plain Python numbers (a numpy scalar in a
+    param group would make the optimizer's checkpoint unloadable with ``weights_only=True``)."""
     def name(key: str) -> str:
         return key + suffix
 
     steps = values["steps_per_epoch"]
-    if steps is not None:
-        check_int(name("steps_per_epoch"), steps, 1)
-    check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0)
-    check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1)
-    if values["max_multiplier"] is not None:
-        check_real(name("max_multiplier"), values["max_multiplier"], ">= 1 or None", lambda v: v >= 1)
-    if values["min_multiplier"] is not None:
-        check_real(name("min_multiplier"), values["min_multiplier"], "in (0, 1] or None", lambda v: 0 < v <= 1)
-    if "scale_weight_decay" in values and not isinstance(values["scale_weight_decay"], bool):
-        raise TypeError(f"{name('scale_weight_decay')} must be a bool, got {values['scale_weight_decay']!r}")
+    low, high = values["min_multiplier"], values["max_multiplier"]
+    checked = {
+        "steps_per_epoch": None if steps is None else check_int(name("steps_per_epoch"), steps, 1),
+        "lr_high": check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0),
+        "lr_low": check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1),
+        "max_multiplier": None if high is None else check_real(name("max_multiplier"), high, ">= 1 or None",
+                                                                lambda v: v >= 1),
+        "min_multiplier": None if low is None else check_real(name("min_multiplier"), low, "in (0, 1] or None",
+                                                               lambda v: 0 < v <= 1),
+    }
+    if "scale_weight_decay" in values:
+        checked["scale_weight_decay"] = check_bool(name("scale_weight_decay"), values["scale_weight_decay"])
+    return checked
 
 
 def _check_like(name: str, value: Any, current: Any) -> None:
@@ -185,7 +192,7 @@ class ActiveLR(Optimizer):
         }
         if scale_weight_decay is not None:  # None: the base has no decoupled decay (SGD)
             active["scale_weight_decay"] = scale_weight_decay
-        _check_active_args("", active)
+        active = _check_active_args("", active)
         self._active_defaults = active
         super().__init__(*args, **kwargs)
         self.defaults.update(active)
@@ -195,6 +202,10 @@ class ActiveLR(Optimizer):
         """Whether the base applies ``weight_decay`` to the weights (True) or the gradient."""
         return bool(group["decoupled_weight_decay"])
 
+    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
+        """The per-parameter state the base optimizer's step needs once it has stepped."""
+        return set()  # a base this class does not know: not checked
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; the ActiveLR keys not given take the constructor's values."""
         index = len(self.param_groups)
@@ -202,7 +213,7 @@ class ActiveLR(Optimizer):
             param_group.setdefault(key, value)
         param_group.setdefault("epoch_steps", 0)
         param_group.setdefault("epoch", 0)
-        _check_active_args(f" of param group {index}", param_group)
+        param_group.update(_check_active_args(f" of param group {index}", param_group))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if not group.get("scale_weight_decay", True) and not self._decoupled_decay(group):
@@ -322,8 +333,10 @@ class ActiveLR(Optimizer):
             agreement = sign * last_sign  # +1 kept its sign, -1 flipped, 0 nothing to compare
             updated = torch.where(agreement > 0, multiplier + lr_high, multiplier)
             updated = torch.where(agreement < 0, multiplier * lr_low, updated)
-            if low is not None or high is not None:
-                updated.clamp_(min=low, max=high)
+            # Never below the dtype's smallest normal number: halved on every flip, g would reach 0
+            # (fp16 after ~25 flips, fp32 after ~150), a value the rule cannot produce otherwise.
+            floor = torch.finfo(multiplier.dtype).tiny
+            updated.clamp_(min=floor if low is None else max(low, floor), max=high)
             multiplier.copy_(updated)
             last_sign.copy_(torch.where(total != 0, sign.to(torch.int8), last_sign))
             total.zero_()
@@ -372,9 +385,18 @@ class ActiveLR(Optimizer):
                 seen.add(key)
                 if key in saved_state:
                     _check_param_state(f"state['state'][{key!r}]", saved_state[key], param)
+                    self._check_base_state(f"state['state'][{key!r}]", saved_state[key], group)
         unknown = [key for key in saved_state if key not in seen]
         if unknown:
             raise ValueError(f"state['state'] has entries {unknown!r} for no parameter of the param groups")
+
+    def _check_base_state(self, where: str, state: Mapping[str, Any], group: dict[str, Any]) -> None:
+        """Once a parameter has stepped (the rule's state is there), the base's state must be complete."""
+        if "multiplier" not in state and not any(key not in _RULE_STATE for key in state):
+            return
+        missing = sorted(key for key in self._base_state_keys(group) if state.get(key) is None)
+        if missing:
+            raise KeyError(f"{where} lacks the base optimizer's {missing} (absent or None): its next step would fail")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state from :meth:`state_dict`, the multipliers, sums and epoch positions included.
@@ -463,6 +485,9 @@ class ActiveSGD(ActiveLR, SGD):
     def _decoupled_decay(self, group: dict[str, Any]) -> bool:
         return False
 
+    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
+        return {"momentum_buffer"} if group["momentum"] != 0 else set()
+
 
 class ActiveAdamW(ActiveLR, AdamW):
     __doc__ = (
@@ -527,11 +552,14 @@ class ActiveAdamW(ActiveLR, AdamW):
             lr_low=lr_low,
             max_multiplier=max_multiplier,
             min_multiplier=min_multiplier,
-            scale_weight_decay=scale_weight_decay,
+            scale_weight_decay=check_bool("scale_weight_decay", scale_weight_decay),
         )
 
     def _decoupled_decay(self, group: dict[str, Any]) -> bool:
         return True
+
+    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
+        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
 
 
 class ActiveRAdam(ActiveLR, RAdam):
@@ -583,8 +611,11 @@ class ActiveRAdam(ActiveLR, RAdam):
             lr_low=lr_low,
             max_multiplier=max_multiplier,
             min_multiplier=min_multiplier,
-            scale_weight_decay=scale_weight_decay,
+            scale_weight_decay=check_bool("scale_weight_decay", scale_weight_decay),
         )
+
+    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
+        return {"step", "exp_avg", "exp_avg_sq"}
 
 
 class ActiveAdaBelief(ActiveLR, AdaBelief):
@@ -632,5 +663,8 @@ class ActiveAdaBelief(ActiveLR, AdaBelief):
             lr_low=lr_low,
             max_multiplier=max_multiplier,
             min_multiplier=min_multiplier,
-            scale_weight_decay=scale_weight_decay,
+            scale_weight_decay=check_bool("scale_weight_decay", scale_weight_decay),
         )
+
+    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
+        return {"step", "exp_avg", "exp_avg_var"}

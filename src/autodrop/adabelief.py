@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from .checks import check_real
+from .checks import check_bool, check_real
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -115,20 +115,19 @@ class AdaBelief(Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        check_real("lr", lr, ">= 0", lambda v: v >= 0)
+        if not isinstance(lr, Tensor):
+            lr = check_real("lr", lr, ">= 0", lambda v: v >= 0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        for index, beta in enumerate(betas):
-            check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1)
-        check_real("eps", eps, ">= 0", lambda v: v >= 0)
-        check_real("weight_decay", weight_decay, ">= 0", lambda v: v >= 0)
+        betas = tuple(check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1)
+                      for index, beta in enumerate(betas))
         defaults = {
             "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "decoupled_weight_decay": bool(decoupled_weight_decay),
-            "maximize": bool(maximize),
+            "betas": betas,
+            "eps": check_real("eps", eps, ">= 0", lambda v: v >= 0),
+            "weight_decay": check_real("weight_decay", weight_decay, ">= 0", lambda v: v >= 0),
+            "decoupled_weight_decay": check_bool("decoupled_weight_decay", decoupled_weight_decay),
+            "maximize": check_bool("maximize", maximize),
         }
         super().__init__(params, defaults)
 

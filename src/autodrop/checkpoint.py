@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import check_bool, check_keys
 from .distributed import dtensor_like, is_dtensor, local_tensor
-from .trajectory import ParameterTrajectory
 from .scheduler import AutoDrop
+from .trajectory import ParameterTrajectory
 from .velocity import AngularVelocity
 
 __all__ = ["ShardedState"]
@@ -59,7 +60,9 @@ class ShardedState:
         self.trajectory: ParameterTrajectory = velocity.trajectory
 
     def _trajectory_state(self, state: dict) -> dict:
-        velocity_state = state["velocity"] if isinstance(self.owner, AutoDrop) else state
+        velocity_state = state.get("velocity") if isinstance(self.owner, AutoDrop) else state
+        if not isinstance(velocity_state, dict) or not isinstance(velocity_state.get("trajectory"), dict):
+            raise KeyError("sharded state['meta'] lacks the velocity's trajectory state")
         return velocity_state["trajectory"]
 
     def state_dict(self) -> dict[str, Any]:
@@ -79,15 +82,31 @@ class ShardedState:
         return {"buffers": buffers, "meta": meta.getvalue()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`'s layout, as filled in by ``dcp.load``."""
-        state = torch.load(io.BytesIO(state_dict["meta"]), weights_only=True)
+        """Restore from :meth:`state_dict`'s layout, as filled in by ``dcp.load``; a malformed one
+        raises a ``ValueError``/``TypeError``/``KeyError`` naming what is wrong and changes nothing."""
+        check_keys("sharded state", state_dict, ("buffers", "meta"))
+        names = [name for name, _ in _BUFFERS] + (["sum"] if isinstance(self.owner, AutoDrop) else [])
         buffers = state_dict["buffers"]
+        check_keys("sharded state['buffers']", buffers, names)
+        for name in names:
+            if not isinstance(buffers[name], dict):
+                raise TypeError(f"sharded state['buffers'][{name!r}] must be a dict of tensors, "
+                                f"got {type(buffers[name]).__name__}")
+        if not isinstance(state_dict["meta"], (bytes, bytearray)):
+            raise TypeError(f"sharded state['meta'] must be bytes, got {type(state_dict['meta']).__name__}")
+        try:
+            state = torch.load(io.BytesIO(state_dict["meta"]), weights_only=True)
+        except Exception as error:
+            raise ValueError(f"sharded state['meta'] cannot be read: {error}") from None
+        if not isinstance(state, dict):
+            raise TypeError(f"sharded state['meta'] must hold a dict, got {type(state).__name__}")
         trajectory_state = self._trajectory_state(state)
         for name, key in _BUFFERS:
             trajectory_state[key] = self._flat(name, buffers[name])
         if isinstance(self.owner, AutoDrop):
-            averaging = state["averaging"]
-            active = averaging.pop("active")
+            averaging = state.get("averaging")
+            check_keys("sharded state['meta']['averaging']", averaging, ("active", "total_weight"))
+            active = check_bool("sharded state['meta']['averaging']['active']", averaging.pop("active"))
             averaging["sums"] = self._flat("sum", buffers["sum"]) if active else None
         self.owner.load_state_dict(state)
 
@@ -108,6 +127,8 @@ class ShardedState:
                 key = str(index[id(param)])
                 if key not in tensors:
                     raise ValueError(f"checkpoint has no {name} buffer for parameter {key}")
+                if not isinstance(tensors[key], Tensor):
+                    raise TypeError(f"checkpoint {name} buffer of parameter {key} must be a tensor")
                 saved = local_tensor(tensors[key])
                 if saved.shape != view.shape:
                     raise ValueError(

@@ -8,23 +8,24 @@ Needs the ``bench`` extra (mnist1d, matplotlib).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from .bench.tasks import mnist1d_tensors
+from .cli_args import int_at_least, output_folder, real
 from .history_log import write_history_csv
 from .plots import plot_history
 from .scheduler import AutoDrop
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--samples", type=int, default=5000, help="MNIST-1D samples (80%% train)")
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--delay", type=int, default=5, help="n_d in epochs (paper: 20 of 200)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=output_folder("--out"), default="results/demo", help="output folder")
+    parser.add_argument("--epochs", type=int_at_least("--epochs", 1), default=60)
+    parser.add_argument("--samples", type=int_at_least("--samples", 10), default=5000,
+                        help="MNIST-1D samples (80%% train)")
+    parser.add_argument("--lr", type=real("--lr", "> 0", lambda v: v > 0), default=0.05)
+    parser.add_argument("--delay", type=int_at_least("--delay", 0), default=5, help="n_d in epochs (paper: 20 of 200)")
+    parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> None:
         if record["event"] is not None:
             with torch.no_grad():
                 error = (model(x_test).argmax(1) != y_test).float().mean().item()
-            print(f"epoch {epoch:3d}: {record['event']:7s} omega {record['omega']:6.2f} deg, "
+            omega = "-" if record["omega"] is None else f"{record['omega']:.2f}"
+            print(f"epoch {epoch:3d}: {record['event']:9s} omega {omega:>6s} deg, "
                   f"lr {record['lrs'][0]:.2e}, test error {100 * error:.2f}%")
     with torch.no_grad():
         error = (model(x_test).argmax(1) != y_test).float().mean().item()

@@ -38,14 +38,29 @@ def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     return scalars
 
 
+def _check_records(history: Any) -> None:
+    """Every record is a dict with the scheduler's record keys and a list of LRs; else a ValueError naming it."""
+    if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Sequence):
+        raise TypeError(f"history must be a list of AutoDrop history records, got {type(history).__name__}")
+    for index, record in enumerate(history):
+        if not isinstance(record, Mapping):
+            raise TypeError(f"history[{index}] must be a dict (an AutoDrop history record), got {type(record).__name__}")
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"history[{index}] lacks {missing}: not an AutoDrop history record")
+        if not isinstance(record["lrs"], Sequence):
+            raise ValueError(f"history[{index}]['lrs'] must be a list of LRs, got {record['lrs']!r}")
+
+
 def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write one CSV row per record: interval, omega, delta, threshold, event, lr, lr_group1, ...,
-    then the detector's statistics.
+    """Write one CSV row per record: interval, omega, delta, threshold, event, reason, lr, lr_group1,
+    ..., then the detector's statistics.
 
     Undefined values (omega, delta early on, no event) are empty cells; floats are
     written with ``repr`` so they read back exactly. Parent folders are created.
-    Returns the path.
+    Returns the path. A malformed history raises before the file is touched.
     """
+    _check_records(history)
     num_groups = max((len(record["lrs"]) for record in history), default=1)
     lr_columns = ["lr"] + [f"lr_group{group}" for group in range(1, num_groups)]
     extra = list(dict.fromkeys(key for record in history for key in record if key not in RECORD_KEYS))
@@ -53,9 +68,10 @@ def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["interval", "omega", "delta", "threshold", "event", *lr_columns, *extra])
+        writer.writerow(["interval", "omega", "delta", "threshold", "event", "reason", *lr_columns, *extra])
         for record in history:
-            cells = [record["interval"], record["omega"], record["delta"], record["threshold"], record["event"]]
+            cells = [record["interval"], record["omega"], record["delta"], record["threshold"], record["event"],
+                     record["reason"]]
             lrs = list(record["lrs"]) + [""] * (num_groups - len(record["lrs"]))
             statistics = [record.get(key) for key in extra]
             writer.writerow(["" if cell is None else cell for cell in cells] + lrs

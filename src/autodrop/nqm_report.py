@@ -34,6 +34,7 @@ from .nqm import (
     simulate_fixed_lr,
     window_mean,
 )
+from .cli_args import int_at_least, output_folder, real
 from .plots import _pyplot
 
 AUTODROP_SETTINGS = {"lr": 0.06, "factor": 0.5, "min_lr": 0.001, "threshold": 0.01, "window": PAPER_WINDOW,
@@ -41,11 +42,14 @@ AUTODROP_SETTINGS = {"lr": 0.06, "factor": 0.5, "min_lr": 0.001, "threshold": 0.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("results/nqm"), help="output folder")
-    parser.add_argument("--iterations", type=int, default=20_000, help="iterations of each fixed-LR run")
-    parser.add_argument("--autodrop-iterations", type=int, default=20_000, help="iterations of the AutoDrop run")
-    parser.add_argument("--momentum", type=float, default=0.0, help="heavy-ball beta (paper: 0, plain GD)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=output_folder("--out"), default="results/nqm", help="output folder")
+    parser.add_argument("--iterations", type=int_at_least("--iterations", 10), default=20_000,
+                        help="iterations of each fixed-LR run")
+    parser.add_argument("--autodrop-iterations", type=int_at_least("--autodrop-iterations", 10), default=20_000,
+                        help="iterations of the AutoDrop run")
+    parser.add_argument("--momentum", type=real("--momentum", "in [0, 1)", lambda v: 0 <= v < 1), default=0.0,
+                        help="heavy-ball beta (paper: 0, plain GD)")
+    parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -54,10 +58,13 @@ def run(args: argparse.Namespace) -> None:
     autodrop = run_autodrop(problem, iterations=args.autodrop_iterations, momentum=args.momentum,
                             seed=args.seed, **AUTODROP_SETTINGS)
     summary = summarize(problem, fixed, autodrop, args)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "nqm.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_fixed_lr(problem, fixed, args.out / "nqm_fixed_lr.png")
-    plot_autodrop(problem, autodrop, fixed, args.out / "nqm_autodrop.png")
+    try:
+        plot_fixed_lr(problem, fixed, args.out / "nqm_fixed_lr.png")
+        plot_autodrop(problem, autodrop, fixed, args.out / "nqm_autodrop.png")
+        written = f"{args.out / 'nqm.json'}, {args.out / 'nqm_fixed_lr.png'}, {args.out / 'nqm_autodrop.png'}"
+    except ImportError:
+        written = f"{args.out / 'nqm.json'} (the figures need matplotlib: pip install 'autodrop[plots]')"
 
     print(f"NQM: n = {problem.dimension}, A = diag(1/10..{problem.dimension}/10), Sigma = A, x_0 = 100; "
           f"{args.iterations} iterations per LR, momentum {args.momentum}")
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"AutoDrop: {len(result['drops'])} drops at iterations {[d['iteration'] for d in result['drops']]}; "
           f"final loss {result['final_loss']:.4g} vs fixed-lr {result['lr']} stationary loss "
           f"{result['fixed_lr_stationary_loss']:.4g} ({result['improvement']:.1f}x lower)")
-    print(f"wrote {args.out / 'nqm.json'}, {args.out / 'nqm_fixed_lr.png'}, {args.out / 'nqm_autodrop.png'}")
+    print(f"wrote {written}")
 
 
 def summarize(problem: NoisyQuadratic, fixed: FixedRateRun, autodrop: AutoDropRun,

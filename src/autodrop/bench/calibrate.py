@@ -37,6 +37,7 @@ import statistics
 
 import torch
 
+from ..cli_args import int_at_least, real
 from ..detectors import Detector, PaperRule, TrendTest
 from ..nqm import NoisyQuadratic, simulate_fixed_lr
 
@@ -129,19 +130,17 @@ def _row(name: str, data: Series, fires: list[int | None]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--replications", type=int, default=200, help="draws per series (default 200)")
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 1.0, 2.0, 3.0],
-                        help="omega noise sd in degrees (default 0.25 1 2 3)")
-    parser.add_argument("--length", type=int, default=100,
+    parser.add_argument("--replications", type=int_at_least("--replications", 1), default=200,
+                        help="draws per series (default 200)")
+    parser.add_argument("--sigmas", type=real("--sigmas", ">= 0", lambda v: v >= 0), nargs="+",
+                        default=[0.25, 1.0, 2.0, 3.0], help="omega noise sd in degrees (default 0.25 1 2 3)")
+    parser.add_argument("--length", type=int_at_least("--length", 10), default=100,
                         help="intervals per series, the budget false alarms are counted in (default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic noise (default 0)")
+    parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0,
+                        help="seed of the synthetic noise (default 0)")
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.replications < 1 or args.length < 10:
-        raise SystemExit("autodrop calibrate: --replications must be >= 1 and --length >= 10")
-    if not all(math.isfinite(sigma) and sigma >= 0 for sigma in args.sigmas):
-        raise SystemExit(f"autodrop calibrate: --sigmas must be finite and >= 0, got {args.sigmas}")
     torch.set_num_threads(1)
     print(f"{'detector':34s} {'series':38s} {'fire - saturation':>22s} {'never':>9s} {'false alarm':>10s}")
     print(f"{'':34s} {'':38s} {'median [p10, p90]':>22s} {'(<=60 after)':>9s} {'(any fire)':>10s}")

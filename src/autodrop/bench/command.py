@@ -16,46 +16,34 @@ from pathlib import Path
 
 import torch
 
+from ..cli_args import device, fail, int_at_least, output_folder, real
 from .report import write_report
 from .runner import SUITES, plan_runs, read_records, resolve_device, run_all
 from .schedules import OPTIMIZERS, SCHEDULES
 from .tasks import DataSource, default_cache_dir, load_task_data
 
 
-def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an int >= 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be an int >= 1, got {value}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick",
                         help="; ".join(f"{s.name}: {s.description}" for s in SUITES.values()))
-    parser.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
+    parser.add_argument("--seeds", type=int_at_least("--seeds", 1), default=None,
                         help="number of seeds (0..N-1) for the comparison and the LR sweep (default: the suite's)")
-    parser.add_argument("--epochs", type=_positive_int("--epochs"), default=None,
+    parser.add_argument("--epochs", type=int_at_least("--epochs", 1), default=None,
                         help="epochs of every run (default: the suite's)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=None,
+    parser.add_argument("--lrs", type=real("--lrs", "> 0", lambda v: v > 0), nargs="+", default=None,
                         help="initial LRs of the sweep (default: the task's LR x 0.6, 1, 2, 3)")
     parser.add_argument("--schedules", nargs="+", default=None, metavar="NAME",
                         help=f"schedules to run, of {', '.join(SCHEDULES)} (default: the suite's)")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                         help="optimizer of the schedule rows (default sgd: Nesterov 0.9, weight decay 5e-4)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", type=device, default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder with cifar-10-batches-py (torchvision's format) for the cifar10 suite")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"where generated MNIST-1D is cached (default {default_cache_dir()})")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default results/bench-SUITE); "
+    parser.add_argument("--out", type=output_folder("--out"), default=None, help="output folder (default results/bench-SUITE); "
                         "runs already in its runs.jsonl are not repeated")
-    parser.add_argument("--jobs", type=_positive_int("--jobs"), default=1,
+    parser.add_argument("--jobs", type=int_at_least("--jobs", 1), default=1,
                         help="parallel worker processes (each gets cpu_count / jobs threads)")
 
 
@@ -78,8 +66,9 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> None:
     suite = SUITES[args.suite]
-    out = args.out or Path("results") / f"bench-{suite.name}"
     try:
+        out = args.out or output_folder("--out")(str(Path("results") / f"bench-{suite.name}"))
+        done = {r["key"] for r in read_records(out / "runs.jsonl")}
         resolve_device(args.device)
         specs = plan_runs(
             suite, optimizer=args.optimizer, schedules=args.schedules, seeds=args.seeds, epochs=args.epochs,
@@ -89,10 +78,9 @@ def run(args: argparse.Namespace) -> None:
         source = DataSource(args.data_dir, args.cache_dir)
         for task in suite.tasks:
             load_task_data(task, source)  # fails before any run, and fills the cache once
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        raise SystemExit(f"autodrop bench: {error}") from None
+    except (ValueError, FileNotFoundError, ImportError, argparse.ArgumentTypeError) as error:
+        fail("bench", str(error))
     machine = _machine(args.device)
-    done = {r["key"] for r in read_records(out / "runs.jsonl")}
     new_runs = sum(s.key not in done for s in specs)
     print(f"autodrop bench --suite {suite.name}: {len(specs)} runs on {', '.join(suite.tasks)} "
           f"({len(specs) - new_runs} already in {out / 'runs.jsonl'}), --jobs {args.jobs}")

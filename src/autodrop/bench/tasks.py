@@ -230,17 +230,38 @@ def cifar10_folder(data_dir: Path | None) -> Path:
     return folder
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: plain values and numpy arrays. A pickle that
+    names any other callable (code to run) is refused before anything of it runs."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never does")
+        return super().find_class(module, name)
+
+
 def cifar10_tensors(data_dir: Path | None) -> dict[str, Tensor]:
     """CIFAR-10 as uint8 NCHW tensors ``x`` (50000, 3, 32, 32), ``x_test`` (10000, ...) and labels.
 
     Reads torchvision's pickled batches (dicts with ``data`` (N, 3072) uint8 and
-    ``labels``) directly; torchvision itself is not needed.
+    ``labels``) directly, with an unpickler that accepts nothing but numpy arrays
+    and plain values (a data folder never runs code); torchvision is not needed.
     """
     folder = cifar10_folder(data_dir)
 
     def read(name: str) -> tuple[Tensor, Tensor]:
         with open(folder / name, "rb") as file:
-            batch = pickle.load(file, encoding="latin1")
+            try:
+                batch = _BatchUnpickler(file, encoding="latin1").load()
+            except (pickle.UnpicklingError, EOFError, ValueError) as error:
+                raise ValueError(f"{folder / name} is not a CIFAR-10 batch: {error}") from None
+        if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
+            raise ValueError(f"{folder / name} is not a CIFAR-10 batch: no 'data' and 'labels'")
         images = torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
         return images, torch.as_tensor(batch["labels"], dtype=torch.long)
 
