@@ -130,7 +130,8 @@ def test_a_version_1_checkpoint_of_the_paper_rule_still_loads():
     scripted_run(scheduler.step, walk, [30.0, 31.0, 31.5, 40.0])
     state = scheduler.state_dict()
     detector = state.pop("detector")
-    del state["max_drops"], state["converged"], state["write_back_due"]  # version 3's
+    del state["max_drops"], state["converged"], state["write_back_due"], state["intervals"]  # version 3's
+    state["step_count"], state["last_lr"] = state.pop("_step_count") - 1, state.pop("_last_lr")
     legacy = {**state, "version": 1, "max_threshold": detector["max_threshold"], "window": detector["window"],
               "detector": {"threshold": detector["threshold"], "recent": detector["recent"]}}
     _, _, restored, _ = planar("paper")
@@ -142,7 +143,9 @@ def test_a_version_2_checkpoint_loads_as_dropping_until_the_floor_and_not_conver
     _, _, scheduler, walk = planar(small_trend(), delay=2)
     scripted_run(scheduler.step, walk, [30.0, 31.0, 32.0, 32.5, 33.0])
     state = scheduler.state_dict()
-    legacy = {key: value for key, value in state.items() if key not in ("max_drops", "converged", "write_back_due")}
+    legacy = {key: value for key, value in state.items()
+              if key not in ("max_drops", "converged", "write_back_due", "intervals", "_step_count", "_last_lr")}
+    legacy.update(step_count=state["_step_count"] - 1, last_lr=state["_last_lr"])
     _, _, restored, _ = planar(small_trend(), max_drops=3)
     restored.load_state_dict({**legacy, "version": 2})
     assert restored.max_drops is None and not restored.converged

@@ -20,6 +20,13 @@ from typing import Any
 
 __all__ = ["deferred_signals"]
 
+try:  # the C module: ``signal``'s wrappers convert every number to an enum, ~1 us per signal and call
+    import _signal as _handlers
+except ImportError:  # another Python implementation
+    _handlers = signal
+
+_SIGNALS = sorted(int(signum) for signum in signal.valid_signals())
+
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
@@ -34,11 +41,11 @@ def deferred_signals() -> Iterator[None]:
         received.append((signum, frame))
 
     try:
-        for signum in signal.valid_signals():
-            handler = signal.getsignal(signum)
+        for signum in _SIGNALS:
+            handler = _handlers.getsignal(signum)
             if callable(handler):
                 originals[signum] = handler
-                signal.signal(signum, record)
+                _handlers.signal(signum, record)
         yield
     finally:
         _restore(originals)
@@ -53,7 +60,7 @@ def _restore(originals: dict[int, Any]) -> None:
     while remaining:
         try:
             while remaining:
-                signal.signal(*remaining[-1])
+                _handlers.signal(*remaining[-1])
                 remaining.pop()
         except BaseException as error:  # a signal whose handler is already back fired meanwhile
             interrupted = interrupted or error

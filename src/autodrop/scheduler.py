@@ -62,7 +62,8 @@ EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
 STATE_KEYS = (
     "version", "factor", "min_lrs", "min_lr_per_group", "max_drops", "delay", "average", "on_nonfinite",
-    "max_history", "base_lrs", "last_epoch", "step_count", "last_lr", "pending", "delay_count", "num_drops",
+    "max_history", "base_lrs", "last_epoch", "_step_count", "_last_lr", "intervals", "pending", "delay_count",
+    "num_drops",
     "converged", "write_back_due", "history", "detector", "velocity", "averaging",
 )
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
@@ -83,8 +84,16 @@ def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
                                 "window": state["window"], **detector}
         state, version = {**upgraded, "version": 2}, 2
     if type(version) is int and version == 2 and not {"max_drops", "converged", "write_back_due"} & set(state):
-        state = {**state, "max_drops": None, "converged": False, "write_back_due": False, "version": 3}
+        renamed = {key: value for key, value in state.items() if key not in ("step_count", "last_lr")}
+        state = {**renamed, "max_drops": None, "converged": False, "write_back_due": False, "version": 3,
+                 "_step_count": _plus_one(state.get("step_count")), "_last_lr": state.get("last_lr"),
+                 "intervals": state.get("last_epoch")}
     return state
+
+
+def _plus_one(count: Any) -> Any:
+    """A version-2 ``step_count`` (steps) as torch's ``_step_count`` (steps plus the initial one)."""
+    return count + 1 if type(count) is int else count
 
 
 def _set_lr(group: dict, lr: float) -> None:
@@ -113,6 +122,11 @@ def _register_step_pre_hook(optimizer: Optimizer, hook: Callable[..., None]) -> 
             return optimizer.register_step_pre_hook(hook)
         optimizer = getattr(optimizer, "optimizer", None)
     return None
+
+
+def _param_groups_lrs(optimizer: Optimizer) -> list[float | Tensor]:
+    """Every group's LR as torch's schedulers report it: a tensor LR as a copy, else the number."""
+    return [group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"] for group in optimizer.param_groups]
 
 
 def _initial_lr(group: dict) -> float:
@@ -212,6 +226,19 @@ class AutoDrop(LRScheduler):
     the optimizer's trajectory, not about validation error). Stepping on is
     allowed: it measures and records omega and changes nothing else.
 
+    All or nothing: :meth:`step` measures and decides first, changing nothing,
+    then commits in one place; an exception before the commit leaves the
+    scheduler exactly as it was, and an interrupt (Ctrl-C, or any signal whose
+    Python handler raises) that arrives during :meth:`step` or
+    :meth:`load_state_dict` is raised when the call ends, so neither is ever
+    half done. ``after_average`` runs after the commit: an exception in it (or an
+    interrupt then) leaves a complete drop. The averaging sum is never divided in
+    place: if the write-back into the parameters is cut short, :attr:`write_back_due`
+    stays True, the state (saved, or loaded into a fresh scheduler) keeps the
+    sum, and the write-back is completed from it before the optimizer's next
+    step, or by the next :meth:`step` or :meth:`finish_write_back`; the
+    parameters are never averaged twice.
+
     Parameters the optimizer does not move in an interval (frozen, or no
     gradient) simply contribute a zero step. Memory: two parameter-sized buffers
     (in at least fp32), a third inside the delay window.
@@ -295,9 +322,10 @@ class AutoDrop(LRScheduler):
         self._warned: set[str] = set()
 
         self.base_lrs = [_initial_lr(group) for group in optimizer.param_groups]
-        self.last_epoch = 0
-        self._step_count = 0
-        self._last_lr = self._current_lrs()
+        self.last_epoch = 0  # torch's counter: compositions such as SequentialLR move it
+        self._step_count = 1  # torch's: step() calls plus the initial step
+        self._last_lr = _param_groups_lrs(optimizer)
+        self.intervals = 0  # AutoDrop's own: the intervals measured, what the history counts
         self.pending = False
         self.delay_count = 0
         self.num_drops = 0
@@ -385,10 +413,18 @@ class AutoDrop(LRScheduler):
         handler that raises) arrives after the call. ``after_average`` runs last,
         once the drop is complete, so an exception in it leaves a finished drop.
 
-        ``epoch`` exists for signature compatibility with ``LRScheduler`` and must
-        stay ``None``: AutoDrop reacts to measured intervals and cannot jump to one.
+        ``epoch`` exists for compatibility with ``LRScheduler``: AutoDrop reacts to
+        measured intervals and cannot jump to one, so it must stay ``None``, except
+        ``step(0)``, which starts the schedule as :meth:`_update_lr` does (older torch's
+        ``SequentialLR`` hands over that way at a milestone).
         """
         if epoch is not None:
+            if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == 0:
+                self._start()
+                return
+            if isinstance(epoch, (float, Tensor)):
+                raise TypeError(f"AutoDrop.step() takes no metric (it measures the parameters), got {epoch!r}; "
+                                "call scheduler.step() once per epoch")
             raise ValueError(f"epoch must be None (AutoDrop cannot jump to an interval), got {epoch!r}")
         self.finish_write_back()  # a write-back that an exception cut short after an earlier step's commit
         with deferred_signals(), torch.inference_mode(False), torch.no_grad():
@@ -407,6 +443,39 @@ class AutoDrop(LRScheduler):
         if averaged and self.after_average is not None:
             self.after_average()
 
+    def _initial_step(self) -> None:
+        """torch's initial step (``SequentialLR`` calls it on the scheduler that runs first): the
+        counters of one step, nothing measured (there is no step of the parameters yet)."""
+        self._step_count = 1
+        self.last_epoch += 1
+
+    def _update_lr(self, epoch: int | None = None) -> None:
+        """torch's hook for a scheduler to set its LRs: ``SequentialLR`` hands over to AutoDrop at a
+        milestone with ``_update_lr(0)``, which starts AutoDrop's schedule there (:meth:`_start`)."""
+        if epoch is None:
+            self.step()
+        else:
+            self.step(epoch)
+
+    def _start(self) -> None:
+        """Start the schedule now: every group at its base LR, the trajectory measured from the
+        parameters as they are (the steps before, e.g. a warmup's, are not AutoDrop's intervals)."""
+        if self.intervals:
+            raise ValueError(
+                f"AutoDrop can start (step(0), or a SequentialLR milestone) only before it measured an "
+                f"interval; it has measured {self.intervals}"
+            )
+        with deferred_signals(), torch.inference_mode(False), torch.no_grad():
+            trajectory = ParameterTrajectory(self._optimizer_params(), self.velocity.trajectory.snapshot_device,
+                                             self.velocity.trajectory.process_group)
+            base_lrs, min_lrs = self._group_settings()
+            self.velocity.trajectory, self.velocity.omega = trajectory, None
+            self.base_lrs, self.min_lrs = base_lrs, min_lrs
+            for group, lr in zip(self.optimizer.param_groups, base_lrs):
+                _set_lr(group, lr)
+            self.last_epoch = 0
+            self._last_lr = _param_groups_lrs(self.optimizer)
+
     def _decide(self) -> _Interval:
         """Algorithm 1's trigger, delay window and drop for the interval that ends now, computed
         without changing anything but the detector (which :meth:`step` restores if this raises)."""
@@ -421,7 +490,7 @@ class AutoDrop(LRScheduler):
         fault = measurement.statistics.fault
         if fault == NONFINITE and self.on_nonfinite == "raise":
             raise FloatingPointError(
-                f"AutoDrop: the parameters contain NaN or Inf at interval {self.last_epoch + 1} "
+                f"AutoDrop: the parameters contain NaN or Inf at interval {self.intervals + 1} "
                 "(on_nonfinite='raise'); the scheduler's state is unchanged"
             )
         interval = _Interval(
@@ -484,9 +553,10 @@ class AutoDrop(LRScheduler):
         self.write_back_due = interval.write_back
         self._step_count += 1
         self.last_epoch += 1
-        self._last_lr = list(interval.lrs)
+        self.intervals += 1
+        self._last_lr = _param_groups_lrs(self.optimizer)
         self.history.append({
-            "interval": self.last_epoch, "omega": interval.omega, "delta": interval.delta,
+            "interval": self.intervals, "omega": interval.omega, "delta": interval.delta,
             "threshold": self.detector.threshold, "lrs": list(interval.lrs), "event": interval.event,
             "reason": interval.fault, **interval.statistics,
         })
@@ -525,13 +595,13 @@ class AutoDrop(LRScheduler):
         self._warned.add(fault)
         if fault == NONFINITE:
             message = (
-                f"AutoDrop: the parameters contain NaN or Inf at interval {self.last_epoch}; the interval "
+                f"AutoDrop: the parameters contain NaN or Inf at interval {self.intervals}; the interval "
                 "is skipped (no trigger or drop, snapshots and averaging untouched, the next finite "
                 "interval is measured from the last finite snapshot). on_nonfinite='raise' raises instead."
             )
         else:
             message = (
-                f"AutoDrop: the parameters did not move in interval {self.last_epoch} (all frozen, no "
+                f"AutoDrop: the parameters did not move in interval {self.intervals} (all frozen, no "
                 "gradients, lr 0, or scheduler.step() called before optimizer.step()); the interval is "
                 "skipped and the next step is compared with the last nonzero one."
             )
@@ -602,8 +672,9 @@ class AutoDrop(LRScheduler):
             "max_history": self.max_history,
             "base_lrs": list(self.base_lrs),
             "last_epoch": self.last_epoch,
-            "step_count": self._step_count,
-            "last_lr": list(self._last_lr),
+            "_step_count": self._step_count,
+            "_last_lr": [lr.clone() if isinstance(lr, Tensor) else lr for lr in self._last_lr],
+            "intervals": self.intervals,
             "pending": self.pending,
             "delay_count": self.delay_count,
             "num_drops": self.num_drops,
@@ -635,21 +706,27 @@ class AutoDrop(LRScheduler):
 
         groups = len(self.optimizer.param_groups)
         check_real(name("factor"), state["factor"], "in (0, 1)", lambda v: 0 < v < 1)
-        for key in ("min_lrs", "base_lrs", "last_lr"):
+        for key in ("min_lrs", "base_lrs", "_last_lr"):
             values = check_list(name(key), state[key])
             if len(values) != groups:
                 raise ValueError(f"{name(key)} has {len(values)} values, the optimizer has {groups} param groups")
             for index, value in enumerate(values):
+                if key == "_last_lr" and isinstance(value, Tensor):  # a group's tensor LR, as torch keeps it
+                    if value.numel() != 1:
+                        raise ValueError(f"{name(key)}[{index}] must be a one-element tensor, got shape {tuple(value.shape)}")
+                    value = value.item()
                 check_real(f"{name(key)}[{index}]", value, ">= 0", lambda v: v >= 0)
         for key in ("min_lr_per_group", "average", "pending", "converged", "write_back_due"):
             check_bool(name(key), state[key])
         delay = check_int(name("delay"), state["delay"], 0)
         check_choice(name("on_nonfinite"), state["on_nonfinite"], ON_NONFINITE)
         max_history = None if state["max_history"] is None else check_int(name("max_history"), state["max_history"], 1)
-        last_epoch = check_int(name("last_epoch"), state["last_epoch"], 0)
-        check_int(name("step_count"), state["step_count"], last_epoch, last_epoch)
+        # torch's counters: its compositions move them (SequentialLR undoes a step: -1), wrappers count more steps
+        check_int(name("last_epoch"), state["last_epoch"], -1)
+        check_int(name("_step_count"), state["_step_count"], 0)
+        intervals = check_int(name("intervals"), state["intervals"], 0)
         max_drops = None if state["max_drops"] is None else check_int(name("max_drops"), state["max_drops"], 0)
-        check_int(name("num_drops"), state["num_drops"], 0, last_epoch if max_drops is None else min(last_epoch, max_drops))
+        check_int(name("num_drops"), state["num_drops"], 0, intervals if max_drops is None else min(intervals, max_drops))
         if state["converged"] and state["pending"]:
             raise ValueError(f"{name('converged')} and {name('pending')} are both True: a converged run has no window open")
         if state["pending"]:
@@ -657,7 +734,7 @@ class AutoDrop(LRScheduler):
         else:
             check_int(name("delay_count"), state["delay_count"], 0, 0)
         self.detector.check_state(state["detector"], name("detector"))
-        self._check_history(state["history"], last_epoch, max_history, tuple(self.detector.statistics()))
+        self._check_history(state["history"], intervals, max_history, tuple(self.detector.statistics()))
 
         self.velocity.check_state(state["velocity"], name("velocity"))
         WeightedAverage.check_state(state["averaging"], self.velocity.trajectory, name("averaging"))
@@ -680,12 +757,12 @@ class AutoDrop(LRScheduler):
             )
 
     @staticmethod
-    def _check_history(history: Any, last_epoch: int, max_history: int | None, statistics: tuple[str, ...]) -> None:
+    def _check_history(history: Any, intervals: int, max_history: int | None, statistics: tuple[str, ...]) -> None:
         records = check_list("state['history']", history)
-        expected = last_epoch if max_history is None else min(last_epoch, max_history)
+        expected = intervals if max_history is None else min(intervals, max_history)
         if len(records) != expected:
             raise ValueError(f"state['history'] has {len(records)} records, expected {expected} (one per step)")
-        first = last_epoch - len(records) + 1
+        first = intervals - len(records) + 1
         for index, record in enumerate(records):
             where = f"state['history'][{index}]"
             check_keys(where, record, RECORD_KEYS + statistics)
@@ -731,9 +808,10 @@ class AutoDrop(LRScheduler):
         self.on_nonfinite = state_dict["on_nonfinite"]
         self.max_history = state_dict["max_history"]
         self.base_lrs = list(state_dict["base_lrs"])
-        self.last_epoch = state_dict["last_epoch"]
-        self._step_count = state_dict["step_count"]
-        self._last_lr = list(state_dict["last_lr"])
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict["_step_count"])
+        self._last_lr = [lr.clone() if isinstance(lr, Tensor) else float(lr) for lr in state_dict["_last_lr"]]
+        self.intervals = int(state_dict["intervals"])
         self.pending = state_dict["pending"]
         self.delay_count = state_dict["delay_count"]
         self.num_drops = state_dict["num_drops"]

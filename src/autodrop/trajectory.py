@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_device, check_keys, check_list, check_optional_real, check_tensors_like
+from .checks import check_device, check_int, check_keys, check_list, check_optional_real, check_tensors_like
 from .distributed import ReplicaCounting, is_dtensor, local_tensor
 
 __all__ = ["CPU_REDUCTION_CHUNK", "REDUCTION_CHUNK", "Measurement", "ParameterTrajectory", "StepStatistics"]
@@ -442,11 +442,14 @@ class ParameterTrajectory:
         check_tensors_like(f"{name}['steps']", state["steps"], buffers)
         if "shapes" in state:
             shapes = check_list(f"{name}['shapes']", state["shapes"], len(self.buckets))
-            for index, (saved, b) in enumerate(zip(shapes, self.buckets)):
+            for index, (bucket_shapes, b) in enumerate(zip(shapes, self.buckets)):
+                where = f"{name}['shapes'][{index}]"
+                saved = [[check_int(f"{where}[{i}][{d}]", size, 0) for d, size in enumerate(check_list(f"{where}[{i}]", shape))]
+                         for i, shape in enumerate(check_list(where, bucket_shapes))]
                 expected = b.full_shapes
                 if saved != expected:
                     raise ValueError(
-                        f"{name}['shapes'][{index}] is {saved!r}, but the parameters measured here have shapes "
+                        f"{where} is {saved!r}, but the parameters measured here have shapes "
                         f"{expected!r}: the state belongs to another model"
                     )
         previous = check_optional_real(f"{name}['previous_norm_sq']", state["previous_norm_sq"], "> 0", lambda v: v > 0)

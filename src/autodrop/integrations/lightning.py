@@ -100,7 +100,7 @@ class AutoDropCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.scheduler = find_autodrop(trainer)
         # a resumed fit has restored the history by now; its records were logged by the first run
-        self._logged = self.scheduler.last_epoch
+        self._logged = self.scheduler.intervals
         if self.stop_when_converged and self.scheduler.converged:
             trainer.should_stop = True
         if self.refresh_batchnorm:
@@ -126,7 +126,7 @@ class AutoDropCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         # _logged is the last logged interval, not a position: max_history may drop old records
         history = self.scheduler.history
-        for record in history[max(0, len(history) - (self.scheduler.last_epoch - self._logged)) :]:
+        for record in history[max(0, len(history) - (self.scheduler.intervals - self._logged)) :]:
             metrics = {self.prefix + name: value for name, value in history_scalars(record).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -136,6 +136,6 @@ class AutoDropCallback(pl.Callback):
                     f"AutoDrop: {what} at interval {record['interval']} (epoch {trainer.current_epoch}): "
                     f"lr {record['lrs'][0]:.4g}"
                 )
-        self._logged = self.scheduler.last_epoch
+        self._logged = self.scheduler.intervals
         if self.stop_when_converged and self.scheduler.converged:
             trainer.should_stop = True
