@@ -1,4 +1,5 @@
 import copy
+import warnings
 import io
 
 import numpy as np
@@ -556,3 +557,22 @@ def test_a_state_whose_base_moment_is_gone_is_refused_at_load_not_at_the_next_st
         state["state"][0][moment] = None
     with pytest.raises(KeyError, match=f"lacks the base optimizer's \\['{moment}'\\]"):
         optimizer.load_state_dict(state)
+
+
+def test_an_optimizer_whose_epochs_never_end_says_so_once(monkeypatch):
+    import autodrop.active as active
+
+    monkeypatch.setattr(active, "STEPS_WITHOUT_EPOCH_END", 5)
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = ActiveSGD([param], lr=0.01)
+    with pytest.warns(RuntimeWarning, match="5 steps and no epoch has ended.*end_epoch") as caught:
+        for _ in range(12):
+            param.grad = torch.ones(3)
+            optimizer.step()
+    assert len([w for w in caught if "no epoch has ended" in str(w.message)]) == 1
+    ended = ActiveSGD([param], lr=0.01, steps_per_epoch=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(12):
+            param.grad = torch.ones(3)
+            ended.step()

@@ -29,6 +29,7 @@ kernels and state), and the rule rescales what they did; AdaBelief is ours
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -53,6 +54,8 @@ ACTIVE_PRESETS: dict[str, dict[str, float]] = {
 }
 
 _RULE_STATE = ("multiplier", "grad_sum", "grad_sign")
+STEPS_WITHOUT_EPOCH_END = 10_000
+"""Steps after which an ActiveLR optimizer whose epochs never end warns (once per param group)."""
 # Group keys a checkpoint may lack: set by schedulers or by torch for its own bookkeeping.
 _BOOKKEEPING_KEYS = {"initial_lr", "param_names"}
 
@@ -307,6 +310,12 @@ class ActiveLR(Optimizer):
             group["epoch_steps"] += 1
             if group["steps_per_epoch"] is not None and group["epoch_steps"] >= group["steps_per_epoch"]:
                 self._end_group_epoch(group)
+            elif group["epoch_steps"] == STEPS_WITHOUT_EPOCH_END and group["epoch"] == 0:
+                warnings.warn(
+                    f"{type(self).__name__}: {STEPS_WITHOUT_EPOCH_END} steps and no epoch has ended, so every "
+                    "multiplier is still 1 and this runs as its base optimizer: call optimizer.end_epoch() at "
+                    "each epoch's end, or pass steps_per_epoch", RuntimeWarning, stacklevel=2,
+                )
         return loss
 
     def end_epoch(self) -> bool:

@@ -58,6 +58,9 @@ __all__ = ["AutoDrop"]
 
 STATE_VERSION = 3
 ON_NONFINITE = ("warn", "skip", "raise")
+INTERVALS = ("epoch", "steps")
+SINGLE_STEP_WARNING_AFTER = 10
+"""With ``interval="epoch"``, warn once when this many intervals in a row held one optimizer step each."""
 EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
 STATE_KEYS = (
@@ -103,13 +106,15 @@ def _set_lr(group: dict, lr: float) -> None:
         group["lr"] = lr
 
 
-def _write_back_before(scheduler: weakref.ref) -> Callable[..., None]:
-    """An optimizer step pre-hook that completes an AutoDrop's due write-back before parameters move."""
+def _before_optimizer_step(scheduler: weakref.ref) -> Callable[..., None]:
+    """An optimizer step pre-hook: completes an AutoDrop's due write-back before the parameters
+    move, and counts the optimizer's steps between AutoDrop's."""
 
     def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         owner = scheduler()
         if owner is not None:
             owner.finish_write_back()
+            owner._optimizer_steps += 1
 
     return hook
 
@@ -216,6 +221,10 @@ class AutoDrop(LRScheduler):
         max_history: keep only the last ``max_history`` records in
             :attr:`history` (an int ``>= 1``); ``None`` (default) keeps one per
             ``step()`` forever, about 0.4 kB each.
+        interval: what one :meth:`step` closes: ``"epoch"`` (default; a warning
+            if it follows every single optimizer step for 10 intervals in a row,
+            the usual mistake of a per-step scheduler slot) or ``"steps"`` (a
+            chosen number of optimizer steps; no warning).
 
     Convergence: once no drop is possible (``max_drops`` drops done, or every
     group's LR at its floor), the next saturation opens the delay window as
@@ -294,6 +303,7 @@ class AutoDrop(LRScheduler):
         process_group: Any = None,
         on_nonfinite: str = "warn",
         max_history: int | None = None,
+        interval: str = "epoch",
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -312,13 +322,16 @@ class AutoDrop(LRScheduler):
         self.after_average = after_average
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
         self.max_history = None if max_history is None else check_int("max_history", max_history, 1)
+        self.interval = check_choice("interval", interval, INTERVALS)
 
         self.velocity = AngularVelocity(
             self._optimizer_params(), eps=eps, snapshot_device=snapshot_device, process_group=process_group
         )
         self.averager = WeightedAverage()
         self.write_back_due = False
-        self._write_back_hook = _register_step_pre_hook(optimizer, _write_back_before(weakref.ref(self)))
+        self._optimizer_steps = 0  # since the last step(), counted by the hook
+        self._single_step_intervals = 0  # consecutive intervals of exactly one optimizer step
+        self._optimizer_hook = _register_step_pre_hook(optimizer, _before_optimizer_step(weakref.ref(self)))
         self._warned: set[str] = set()
 
         self.base_lrs = [_initial_lr(group) for group in optimizer.param_groups]
@@ -440,6 +453,7 @@ class AutoDrop(LRScheduler):
             averaged = self._write_back()
         if interval.fault is not None:
             self._warn_once(interval.fault)
+        self._check_interval_length()
         if averaged and self.after_average is not None:
             self.after_average()
 
@@ -588,6 +602,30 @@ class AutoDrop(LRScheduler):
         self.averager.discard()
         self.write_back_due = False
         return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the optimizer hook's handle is tied to this process's optimizer object; copies register their own
+        return {key: value for key, value in self.__dict__.items() if key != "_optimizer_hook"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._optimizer_hook = _register_step_pre_hook(self.optimizer, _before_optimizer_step(weakref.ref(self)))
+
+    def _check_interval_length(self) -> None:
+        """Warn once when ``step()`` has followed every single optimizer step for a while (it closes
+        an epoch: a per-step call drops the LR to its floor within a few epochs)."""
+        steps, self._optimizer_steps = self._optimizer_steps, 0
+        self._single_step_intervals = self._single_step_intervals + 1 if steps == 1 else 0
+        if self.interval != "epoch" or self._single_step_intervals != SINGLE_STEP_WARNING_AFTER:
+            return
+        warnings.warn(
+            f"AutoDrop: step() has followed every optimizer step for {SINGLE_STEP_WARNING_AFTER} intervals in a row, "
+            "but each call closes a measurement interval meant to be an epoch. Call it once per epoch (with the "
+            "Hugging Face Trainer: autodrop.integrations.transformers.AutoDropCallback, not Trainer(optimizers=...); "
+            "in Lightning: 'interval': 'epoch'), or pass AutoDrop(..., interval='steps') if per-step intervals "
+            "are intended.",
+            RuntimeWarning, stacklevel=3,
+        )
 
     def _warn_once(self, fault: str) -> None:
         if fault in self._warned or (fault == NONFINITE and self.on_nonfinite == "skip"):

@@ -183,7 +183,7 @@ def test_callback_refreshes_batchnorm_statistics_after_the_averaging_drop(tmp_pa
 
 
 def test_callback_refuses_a_run_without_autodrop(tmp_path):
-    with pytest.raises(ValueError, match="exactly one AutoDrop scheduler"):
+    with pytest.raises(ValueError, match="needs an AutoDrop scheduler.*found none"):
         fit(tmp_path, epochs=1, callbacks=[AutoDropCallback()], with_autodrop=False)
 
 
@@ -230,3 +230,75 @@ def test_stop_when_converged_ends_the_fit_and_resumes_across_the_converged_state
 
     unstopped, _ = fit(tmp_path / "unstopped", epochs=8, callbacks=[AutoDropCallback()], schedule=schedule)
     assert unstopped.current_epoch == 8 and scheduler_of(unstopped).converged
+
+
+class TwoOptimizers(L.LightningModule):
+    """GAN-style: two optimizers stepped by hand, each with its AutoDrop, stepped at each epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.first, self.second = torch.nn.Linear(8, 1), torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        for optimizer, net in zip(self.optimizers(), (self.first, self.second)):
+            optimizer.zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(net(x), y))
+            optimizer.step()
+
+    def on_train_epoch_end(self):
+        for scheduler in self.lr_schedulers():
+            scheduler.step()
+
+    def configure_optimizers(self):
+        optimizers = [torch.optim.SGD(net.parameters(), lr=LR) for net in (self.first, self.second)]
+        return optimizers, [AutoDrop(optimizer, **SCHEDULE) for optimizer in optimizers]
+
+
+def test_two_autodrops_are_logged_each_under_its_own_prefix(tmp_path):
+    L.seed_everything(0, verbose=False)
+    callback = AutoDropCallback()
+    trainer = L.Trainer(max_epochs=5, default_root_dir=tmp_path, accelerator="cpu", devices=1,
+                        logger=CSVLogger(tmp_path, name="logs"), enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1, callbacks=[callback])
+    trainer.fit(TwoOptimizers(), train_loader())
+    assert callback.scheduler is None and len(callback.schedulers) == 2
+    with open(trainer.logger.experiment.metrics_file_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for index, scheduler in enumerate(callback.schedulers):
+        logged = [float(row[f"autodrop/{index}/lr"]) for row in rows if row.get(f"autodrop/{index}/lr")]
+        assert logged == [r["lrs"][0] for r in scheduler.history] and len(logged) == 5
+
+
+def warmup_schedule(optimizer):
+    autodrop = AutoDrop(optimizer, **SCHEDULE)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=3)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, autodrop], milestones=[3])
+
+
+class Warmup(Regression):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup_schedule(optimizer), "interval": "epoch"}}
+
+
+def test_warmup_then_autodrop_reaches_the_base_lr_and_resumes_from_every_epoch(tmp_path):
+    def run(root, epochs, ckpt_path=None):
+        L.seed_everything(0, verbose=False)
+        checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1)
+        callback = AutoDropCallback()
+        trainer = L.Trainer(max_epochs=epochs, default_root_dir=root, accelerator="cpu", devices=1, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoints, callback])
+        trainer.fit(Warmup(), train_loader(), ckpt_path=ckpt_path)
+        return trainer, callback.scheduler
+
+    full, autodrop = run(tmp_path / "full", 10)
+    lrs = [r["lrs"][0] for r in autodrop.history]
+    assert lrs[0] == LR and len(autodrop.history) == 10 - 3  # the warmup's epochs are not AutoDrop's intervals
+    assert autodrop.num_drops >= 1
+    for epoch in range(9):  # warmup epochs included
+        resumed, resumed_autodrop = run(tmp_path / f"resumed{epoch}", 10, tmp_path / "full" / "checkpoints" / f"epoch={epoch}.ckpt")
+        assert resumed_autodrop.history == autodrop.history, epoch
+        for a, b in zip(resumed.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
+            assert torch.equal(a, b), epoch

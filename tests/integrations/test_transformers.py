@@ -255,3 +255,32 @@ def test_the_state_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     resumed.add_callback(AutoDropCallback(resumed, **SCHEDULE))
     with pytest.raises(RuntimeError, match=f"{STATE_FILE} cannot be read"):
         resumed.train(resume_from_checkpoint=str(folder))
+
+
+def test_the_trainers_own_epoch_logs_still_reach_the_log_history(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3, logging_strategy="epoch", save_strategy="no")
+    trainer.add_callback(AutoDropCallback(trainer, **SCHEDULE))
+    trainer.train()
+    own = [entry for entry in trainer.state.log_history if "loss" in entry and "learning_rate" in entry]
+    assert len(own) == 3 and all("grad_norm" in entry for entry in own)
+    assert len(autodrop_logs(trainer)) == 3
+
+
+def test_the_documented_custom_scheduler_route_warns_that_it_steps_per_optimizer_step(tmp_path):
+    from autodrop import AutoDrop
+
+    trainer = make_trainer(tmp_path, epochs=2, save_strategy="no")
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=LR)
+    trainer = Trainer(model=trainer.model, args=trainer.args, train_dataset=Regression(),
+                      optimizers=(optimizer, AutoDrop(optimizer, delay=2)))
+    with pytest.warns(RuntimeWarning, match="followed every optimizer step for 10 intervals.*AutoDropCallback"):
+        trainer.train()
+
+
+def test_every_n_steps_intervals_are_per_step_on_purpose_and_do_not_warn(tmp_path, recwarn):
+    trainer = make_trainer(tmp_path, max_steps=24, save_strategy="no")
+    callback = AutoDropCallback(trainer, every_n_steps=1, **SCHEDULE)
+    trainer.add_callback(callback)
+    trainer.train()
+    assert callback.scheduler.interval == "steps" and len(callback.scheduler.history) == 24
+    assert not [w for w in recwarn if "followed every optimizer step" in str(w.message)]

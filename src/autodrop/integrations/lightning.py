@@ -30,29 +30,42 @@ from ..scheduler import AutoDrop
 
 pl = import_optional("lightning.pytorch", "lightning", __name__)
 
-__all__ = ["AutoDropCallback", "find_autodrop"]
+__all__ = ["AutoDropCallback", "find_autodrops"]
 
 
-def find_autodrop(trainer: pl.Trainer) -> AutoDrop:
-    """The single AutoDrop among the schedulers ``configure_optimizers`` returned."""
-    found = [config.scheduler for config in trainer.lr_scheduler_configs if isinstance(config.scheduler, AutoDrop)]
-    if len(found) != 1:
+def find_autodrops(trainer: pl.Trainer) -> list[AutoDrop]:
+    """The AutoDrops among the schedulers ``configure_optimizers`` returned, also inside
+    ``SequentialLR`` / ``ChainedScheduler``; a ValueError when there is none."""
+
+    def inside(scheduler: Any) -> list[AutoDrop]:
+        if isinstance(scheduler, AutoDrop):
+            return [scheduler]
+        return [found for child in getattr(scheduler, "_schedulers", ()) for found in inside(child)]
+
+    found = [autodrop for config in trainer.lr_scheduler_configs for autodrop in inside(config.scheduler)]
+    if not found:
         raise ValueError(
-            f"AutoDropCallback needs exactly one AutoDrop scheduler returned by configure_optimizers, "
-            f"found {len(found)} among {[type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]}"
+            "AutoDropCallback needs an AutoDrop scheduler returned by configure_optimizers (alone, or inside "
+            f"SequentialLR or ChainedScheduler), found none among "
+            f"{[type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]}"
         )
-    return found[0]
+    return found
 
 
 class AutoDropCallback(pl.Callback):
     """Logs AutoDrop's state to the Trainer's loggers and can refresh BatchNorm after averaging.
 
     After every ``AutoDrop.step()`` the record's scalars (see
-    :mod:`autodrop.history_log`: omega, delta, threshold, lr, trigger, drop) go to
+    :mod:`autodrop.history_log`: omega, delta, threshold, lr, trigger, drop, converged) go to
     every logger of the Trainer as ``prefix + name`` at the current
     ``trainer.global_step``, and each drop and the convergence are announced on
     rank zero. Records already in the history when training starts (a resumed
-    run) are not logged again.
+    run) are not logged again. The AutoDrops are found among the schedulers
+    ``configure_optimizers`` returned, also inside ``SequentialLR`` and
+    ``ChainedScheduler``; with several (e.g. one per optimizer of a GAN) each
+    is logged as ``prefix + index + "/" + name`` and ``stop_when_converged``
+    waits for all of them. Steps taken after the epoch's last batch (manual
+    scheduling in ``on_train_epoch_end``) are logged at the next batch's end.
 
     Args:
         refresh_batchnorm: recompute BatchNorm running statistics right after
@@ -94,22 +107,35 @@ class AutoDropCallback(pl.Callback):
         self.refresh_batchnorm = refresh_batchnorm
         self.batch_input = batch_input
         self.prefix = prefix
-        self.scheduler: AutoDrop | None = None
-        self._logged = 0
+        self.schedulers: list[AutoDrop] = []
+        self._logged: list[int] = []
+
+    @property
+    def scheduler(self) -> AutoDrop | None:
+        """The AutoDrop, when the module has exactly one (else see :attr:`schedulers`)."""
+        return self.schedulers[0] if len(self.schedulers) == 1 else None
+
+    def _prefix(self, index: int) -> str:
+        return self.prefix if len(self.schedulers) == 1 else f"{self.prefix}{index}/"
+
+    def _stop_if_converged(self, trainer: pl.Trainer) -> None:
+        if self.stop_when_converged and all(scheduler.converged for scheduler in self.schedulers):
+            trainer.should_stop = True
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.scheduler = find_autodrop(trainer)
-        # a resumed fit has restored the history by now; its records were logged by the first run
-        self._logged = self.scheduler.intervals
-        if self.stop_when_converged and self.scheduler.converged:
-            trainer.should_stop = True
+        self.schedulers = find_autodrops(trainer)
+        # a resumed fit has restored the histories by now; their records were logged by the first run
+        self._logged = [scheduler.intervals for scheduler in self.schedulers]
+        self._stop_if_converged(trainer)
         if self.refresh_batchnorm:
-            if self.scheduler.after_average is not None:
-                raise ValueError(
-                    "refresh_batchnorm=True but the AutoDrop scheduler already has an after_average "
-                    f"callback ({self.scheduler.after_average!r}); use one of the two"
-                )
-            self.scheduler.after_average = lambda: self._update_batchnorm(trainer, pl_module)
+            for scheduler in self.schedulers:
+                if scheduler.after_average is not None:
+                    raise ValueError(
+                        "refresh_batchnorm=True but the AutoDrop scheduler already has an after_average "
+                        f"callback ({scheduler.after_average!r}); use one of the two"
+                    )
+            for scheduler in self.schedulers:
+                scheduler.after_average = lambda: self._update_batchnorm(trainer, pl_module)
 
     def _update_batchnorm(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = trainer.train_dataloader
@@ -117,25 +143,30 @@ class AutoDropCallback(pl.Callback):
         torch.optim.swa_utils.update_bn(inputs, pl_module, device=pl_module.device)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_new(trainer)  # steps taken after the last batch (manual scheduling at the epoch's end)
         if self.refresh_batchnorm:
-            self.scheduler.after_average = None  # the hook holds the trainer
+            for scheduler in self.schedulers:
+                scheduler.after_average = None  # the hook holds the trainer
 
     # Lightning steps an epoch-interval scheduler right after the epoch's last
     # training step, before that batch's on_train_batch_end: logging here covers
     # "epoch" and "step" intervals alike.
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        # _logged is the last logged interval, not a position: max_history may drop old records
-        history = self.scheduler.history
-        for record in history[max(0, len(history) - (self.scheduler.intervals - self._logged)) :]:
-            metrics = {self.prefix + name: value for name, value in history_scalars(record).items()}
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-            if record["event"] in ("drop", "converged"):
-                what = "LR drop" if record["event"] == "drop" else "converged"
-                pl.utilities.rank_zero_info(
-                    f"AutoDrop: {what} at interval {record['interval']} (epoch {trainer.current_epoch}): "
-                    f"lr {record['lrs'][0]:.4g}"
-                )
-        self._logged = self.scheduler.intervals
-        if self.stop_when_converged and self.scheduler.converged:
-            trainer.should_stop = True
+        self._log_new(trainer)
+
+    def _log_new(self, trainer: pl.Trainer) -> None:
+        # _logged holds the last logged interval, not a position: max_history may drop old records
+        for index, scheduler in enumerate(self.schedulers):
+            history = scheduler.history
+            for record in history[max(0, len(history) - (scheduler.intervals - self._logged[index])) :]:
+                metrics = {self._prefix(index) + name: value for name, value in history_scalars(record).items()}
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=trainer.global_step)
+                if record["event"] in ("drop", "converged"):
+                    what = "LR drop" if record["event"] == "drop" else "converged"
+                    pl.utilities.rank_zero_info(
+                        f"AutoDrop{'' if len(self.schedulers) == 1 else f' {index}'}: {what} at interval "
+                        f"{record['interval']} (epoch {trainer.current_epoch}): lr {record['lrs'][0]:.4g}"
+                    )
+            self._logged[index] = scheduler.intervals
+        self._stop_if_converged(trainer)

@@ -112,7 +112,8 @@ class AutoDropCallback(hf.TrainerCallback):
                 "a custom scheduler passed in Trainer(optimizers=...) would fight AutoDrop's drops"
             )
         self._trainer_schedule = lr_scheduler
-        self.scheduler = AutoDrop(optimizer, **self.autodrop_kwargs)
+        interval = {} if self.every_n_steps is None else {"interval": "steps"}  # per-N-steps on purpose
+        self.scheduler = AutoDrop(optimizer, **{**interval, **self.autodrop_kwargs})
         if state.global_step > 0:  # resume_from_checkpoint restored the Trainer's state
             path = os.path.join(_checkpoint_folder(args, state), STATE_FILE)
             if not os.path.isfile(path):
@@ -130,12 +131,12 @@ class AutoDropCallback(hf.TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.every_n_steps is None and not self._stopping():
-            self._step()
+            self._step(control)
         control.should_training_stop |= self._stopping()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_n_steps is not None and state.global_step % self.every_n_steps == 0 and not self._stopping():
-            self._step()
+            self._step(control)
         control.should_training_stop |= self._stopping()
 
     def _stopping(self) -> bool:
@@ -149,7 +150,7 @@ class AutoDropCallback(hf.TrainerCallback):
             torch.save(self.scheduler.state_dict(), path + ".tmp")
             os.replace(path + ".tmp", path)
 
-    def _step(self) -> None:
+    def _step(self, control: Any) -> None:
         scheduler = self.scheduler
         scheduler.step()
         lrs = scheduler.get_last_lr()
@@ -158,7 +159,11 @@ class AutoDropCallback(hf.TrainerCallback):
         self._trainer_schedule.base_lrs = list(lrs)
         self._trainer_schedule._last_lr = list(lrs)
         record = scheduler.history[-1]
+        # trainer.log() clears control.should_log, which the Trainer's own epoch or step logging has set:
+        # without putting it back, its loss, learning_rate and grad_norm would never be logged
+        should_log = control.should_log
         self.trainer.log({self.prefix + name: value for name, value in history_scalars(record).items()})
+        control.should_log = should_log
         if record["event"] in ("drop", "converged"):
             logger.info(
                 "AutoDrop: %s at interval %d (global step %d): lr %.4g",
