@@ -36,7 +36,7 @@ parameters' bytes at e_b (outside) and <= 3 x (inside); with ``--device cuda``
 and its peak, before/after).
 
 Table 2: the per-epoch overhead, ``step()`` time / training-epoch time, for the
-benchmark suite's models (``autodrop.bench.tasks``: digits CNN, MNIST-1D CNN, MNIST MLP
+benchmark suite's models (``autodrop.apps.bench.tasks``: digits CNN, MNIST-1D CNN, MNIST MLP
 256-256, CIFAR ResNet-18) at their tasks' training-set sizes and batch sizes, training
 on random tensors of the data's shapes (SGD with momentum); the ResNet-18 epoch is
 extrapolated from a few timed batches. Target < 0.5 %. The benchmark report
@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from autodrop import AutoDrop
-from autodrop.bench.tasks import cnn1d, cnn2d, mlp, resnet18_cifar
+from autodrop.apps.bench.tasks import cnn1d, cnn2d, mlp, resnet18_cifar
 
 CLOCK = {"cpu": "process CPU time", "cuda": "wall time between synchronizations"}
 STEP_OVER_NAIVE_TARGET = 1.0

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from autodrop import AutoDrop, write_history_csv
-from autodrop.bench.tasks import mnist1d_tensors
+from autodrop.apps.bench.tasks import mnist1d_tensors
 from autodrop.integrations.lightning import AutoDropCallback
 
 

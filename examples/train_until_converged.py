@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from autodrop import AutoDrop
-from autodrop.bench.tasks import mnist1d_tensors
+from autodrop.apps.bench.tasks import mnist1d_tensors
 
 
 def main() -> None:

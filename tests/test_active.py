@@ -380,7 +380,6 @@ def test_step_hooks_run_once_per_step():
 
 def test_presets_and_defaults():
     assert ACTIVE_PRESETS["logs"] == {"lr_high": 2.0, "lr_low": 0.5}
-    assert ActiveAdamW.PRESETS is ACTIVE_PRESETS
     optimizer = ActiveAdamW(make_model().parameters(), **ACTIVE_PRESETS["final"])
     group = optimizer.param_groups[0]
     assert (group["lr_high"], group["lr_low"], group["weight_decay"]) == (0.2, 0.5, 1e-2)
@@ -560,7 +559,7 @@ def test_a_state_whose_base_moment_is_gone_is_refused_at_load_not_at_the_next_st
 
 
 def test_an_optimizer_whose_epochs_never_end_says_so_once(monkeypatch):
-    import autodrop.active as active
+    import autodrop.optim.active as active
 
     monkeypatch.setattr(active, "STEPS_WITHOUT_EPOCH_END", 5)
     param = torch.nn.Parameter(torch.ones(3))

@@ -4,7 +4,7 @@ import statistics
 import numpy as np
 import pytest
 
-from autodrop.bench.report import SUMMARY_COLUMNS, write_report
+from autodrop.apps.bench.report import SUMMARY_COLUMNS, write_report
 
 
 def fake_record(schedule, lr, seed, errors, drops=(), deltas=None, task="digits-cnn"):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from autodrop import ActiveSGD
-from autodrop.bench import runner, schedules
-from autodrop.bench.runner import SUITES, RunSpec, plan_runs, run_all, run_one
-from autodrop.bench.schedules import Schedule, autodrop_delay
+from autodrop.apps.bench import runner, schedules
+from autodrop.apps.bench.runner import SUITES, RunSpec, plan_runs, run_all, run_one
+from autodrop.apps.bench.schedules import Schedule, autodrop_delay
 
 
 def spec(schedule: str, epochs: int = 4, lr: float = 0.05, seed: int = 0) -> RunSpec:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from autodrop.bench import tasks
-from autodrop.bench.tasks import (
+from autodrop.apps.bench import tasks
+from autodrop.apps.bench.tasks import (
     TASKS, DataSource, cifar10_tensors, mnist1d_tensors, mnist_folder, random_crop_flip, read_idx,
     resnet18_cifar,
 )

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from autodrop.cli import main
+from autodrop.apps.cli import main
 
 
 def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
@@ -119,7 +119,7 @@ def test_demo_prints_a_skipped_interval_without_an_omega(tmp_path, capsys, monke
 def test_calibrate_prints_every_detector_on_every_series(capsys):
     main(["calibrate", "--replications", "3", "--length", "40", "--sigmas", "1"])
     printed = capsys.readouterr().out
-    from autodrop.bench.calibrate import CANDIDATES
+    from autodrop.apps.bench.calibrate import CANDIDATES
 
     for name in CANDIDATES:
         assert printed.count(name) == 7  # 3 saturating shapes, 3 linear rises, the NQM

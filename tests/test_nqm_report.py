@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from autodrop.cli import main
+from autodrop.apps.cli import main
 from autodrop.nqm import PAPER_LEARNING_RATES, NoisyQuadratic
 
 

@@ -13,9 +13,9 @@ import torch
 
 from .bench.tasks import mnist1d_tensors
 from .cli_args import int_at_least, output_folder, real
-from .history_log import write_history_csv
+from ..history_log import write_history_csv
 from .plots import plot_history
-from .scheduler import AutoDrop
+from ..scheduler import AutoDrop
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .._optional import import_optional
+from ..._optional import import_optional
 
 __all__ = [
     "TASKS",

@@ -38,8 +38,8 @@ import statistics
 import torch
 
 from ..cli_args import int_at_least, real
-from ..detectors import Detector, PaperRule, TrendTest
-from ..nqm import NoisyQuadratic, simulate_fixed_lr
+from ...detectors import Detector, PaperRule, TrendTest
+from ...nqm import NoisyQuadratic, simulate_fixed_lr
 
 __all__ = ["CANDIDATES", "Series", "add_arguments", "fire_interval", "run", "series"]
 

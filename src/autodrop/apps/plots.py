@@ -9,16 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._optional import import_optional
+
 
 def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install 'autodrop[plots]'") from error
-    return plt
+    import_optional("matplotlib", "plots", "autodrop's figures").use("Agg")
+    return import_optional("matplotlib.pyplot", "plots", "autodrop's figures")
 
 
 def plot_history(

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from .checks import check_bool, check_real
+from ..checks import check_bool, check_real
 
 __all__ = ["AdaBelief", "adabelief"]
 

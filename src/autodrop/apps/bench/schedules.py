@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from ..active import ActiveAdamW, ActiveSGD
-from ..scheduler import AutoDrop
+from ...optim import ActiveAdamW, ActiveSGD
+from ...scheduler import AutoDrop
 
 __all__ = ["PAPER_DELAY", "PAPER_EPOCHS", "SCHEDULES", "Control", "EarlyStopping", "Schedule", "Setup",
            "autodrop_delay"]

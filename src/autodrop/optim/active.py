@@ -23,7 +23,7 @@ G_prev is the same test, ``G_prev * G_now > 0``, in a quarter of the memory.
 The rule is implemented once, in :class:`ActiveLR`, and put in front of a base
 optimizer: torch's SGD, AdamW and RAdam steps run unchanged (their own math,
 kernels and state), and the rule rescales what they did; AdaBelief is ours
-(:mod:`autodrop.adabelief`).
+(:mod:`autodrop.optim.adabelief`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torch.optim import SGD, AdamW, Optimizer, RAdam
 from torch.optim.optimizer import ParamsT
 
 from .adabelief import AdaBelief
-from .checks import check_bool, check_int, check_keys, check_list, check_real
+from ..checks import check_bool, check_int, check_keys, check_list, check_real
 
 __all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
 
@@ -172,8 +172,6 @@ class ActiveLR(Optimizer):
     are rejected. With ``fused=True`` torch's GradScaler unscales the gradients
     itself before ``step()`` (the sums must see true gradients).
     """
-
-    PRESETS = ACTIVE_PRESETS
 
     def __init__(
         self,
@@ -629,14 +627,14 @@ class ActiveRAdam(ActiveLR, RAdam):
 
 class ActiveAdaBelief(ActiveLR, AdaBelief):
     __doc__ = (
-        r"""AdaBelief (:class:`autodrop.adabelief.AdaBelief`) whose step is scaled per element by ActiveLR's g.
+        r"""AdaBelief (:class:`autodrop.optim.adabelief.AdaBelief`) whose step is scaled per element by ActiveLR's g.
 
     See :class:`ActiveLR` for the rule and the state.
 
     Args:
         params, lr (default 1e-3), betas, eps (default 1e-16), weight_decay
         (default 0), decoupled_weight_decay (default True), maximize: as
-        :class:`autodrop.adabelief.AdaBelief`.
+        :class:`autodrop.optim.adabelief.AdaBelief`.
 """
         + _DECAY_DOC
         + _ARGS_DOC

@@ -19,7 +19,7 @@ Everything is computed from the run records (``runs.jsonl``), as measured:
   training pass, against the 0.5 % target;
 - figures: LR, omega, train loss and test error against epochs for every
   schedule (Fig. 6 analog, one per task); AutoDrop's omega with its change and
-  threshold (:func:`autodrop.plots.plot_history`); test error against initial LR.
+  threshold (:func:`autodrop.apps.plots.plot_history`); test error against initial LR.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..detectors import student_t_quantile
+from ...detectors import student_t_quantile
 from ..plots import _pyplot, plot_history
 from .schedules import SCHEDULES
 from .tasks import TASKS

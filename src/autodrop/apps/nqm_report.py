@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .nqm import (
+from ..nqm import (
     PAPER_LEARNING_RATES,
     PAPER_WINDOW,
     AutoDropRun,

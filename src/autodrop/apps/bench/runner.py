@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._optional import import_optional
-from ..velocity import AngularVelocity
+from ..._optional import import_optional
+from ...velocity import AngularVelocity
 from .schedules import SCHEDULES, Setup
 from .tasks import TASKS, DataSource, load_task_data
 
