@@ -178,7 +178,11 @@ class NaiveFlatten:
         step = current - self.previous
         if self.previous_step is not None:
             torch.stack(
-                [torch.dot(step, self.previous_step), torch.dot(step, step), torch.dot(self.previous_step, self.previous_step)]
+                [
+                    torch.dot(step, self.previous_step),
+                    torch.dot(step, step),
+                    torch.dot(self.previous_step, self.previous_step),
+                ]
             ).tolist()
         self.previous, self.previous_step = current, step
 
@@ -186,8 +190,7 @@ class NaiveFlatten:
 def make_params(shapes: Sequence[tuple[int, ...]], device: torch.device, dtype: torch.dtype) -> list[Tensor]:
     generator = torch.Generator().manual_seed(0)
     return [
-        torch.nn.Parameter(torch.randn(s, generator=generator).mul_(0.1).to(device=device, dtype=dtype))
-        for s in shapes
+        torch.nn.Parameter(torch.randn(s, generator=generator).mul_(0.1).to(device=device, dtype=dtype)) for s in shapes
     ]
 
 
@@ -422,7 +425,9 @@ def print_table_one(rows: list[Row], args: argparse.Namespace) -> bool:
         "parameters the ratio to their own bytes is twice this."
     )
     if args.device.type == "cuda":
-        print("peak/param: held plus the most allocated during one step(), same unit (torch.cuda.max_memory_allocated).")
+        print(
+            "peak/param: held plus the most allocated during one step(), same unit (torch.cuda.max_memory_allocated)."
+        )
     return ok
 
 
@@ -452,7 +457,9 @@ SUITE = [
 def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, batch_size: int) -> None:
     for start in range(0, len(x), batch_size):
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[start : start + batch_size]), y[start : start + batch_size]).backward()
+        torch.nn.functional.cross_entropy(
+            model(x[start : start + batch_size]), y[start : start + batch_size]
+        ).backward()
         optimizer.step()
 
 

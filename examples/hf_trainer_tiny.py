@@ -42,8 +42,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/hf_trainer_tiny"))
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-wait", type=int, default=10,
-                        help="the trend test's maximum wait in epochs, sized for this short run (default 10)")
+    parser.add_argument(
+        "--max-wait",
+        type=int,
+        default=10,
+        help="the trend test's maximum wait in epochs, sized for this short run (default 10)",
+    )
     parser.add_argument("--delay", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     args = parser.parse_args()
@@ -51,33 +55,52 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=LENGTH, num_labels=2,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=LENGTH,
+        num_labels=2,
     )
     training = TrainingArguments(
-        output_dir=str(args.out), num_train_epochs=args.epochs, learning_rate=args.lr,
-        lr_scheduler_type="constant", per_device_train_batch_size=64, per_device_eval_batch_size=256,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_strategy="epoch",
-        report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(args.out),
+        num_train_epochs=args.epochs,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=256,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        logging_strategy="epoch",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = Trainer(
-        model=BertForSequenceClassification(config), args=training,
-        train_dataset=CountTask(2048, seed=0), eval_dataset=CountTask(512, seed=1),
+        model=BertForSequenceClassification(config),
+        args=training,
+        train_dataset=CountTask(2048, seed=0),
+        eval_dataset=CountTask(512, seed=1),
         compute_metrics=lambda p: {"error": float((p.predictions.argmax(-1) != p.label_ids).mean())},
     )
-    callback = AutoDropCallback(
-        trainer, detector=TrendTest(max_wait=args.max_wait), delay=args.delay, min_lr=1e-6
-    )
+    callback = AutoDropCallback(trainer, detector=TrendTest(max_wait=args.max_wait), delay=args.delay, min_lr=1e-6)
     trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=True if args.resume else None)
 
     for record in callback.scheduler.history:
         if record["event"] is not None:
-            print(f"epoch {record['interval']:3d}: {record['event']:7s} omega {record['omega']:6.2f} deg, "
-                  f"lr {record['lrs'][0]:.2e}")
+            print(
+                f"epoch {record['interval']:3d}: {record['event']:7s} omega {record['omega']:6.2f} deg, "
+                f"lr {record['lrs'][0]:.2e}"
+            )
     errors = [entry["eval_error"] for entry in trainer.state.log_history if "eval_error" in entry]
-    print(f"{callback.scheduler.num_drops} drops; final lr {callback.scheduler.get_last_lr()[0]:.2e}; "
-          f"eval error {100 * errors[-1]:.2f}% (best {100 * min(errors):.2f}%)")
+    print(
+        f"{callback.scheduler.num_drops} drops; final lr {callback.scheduler.get_last_lr()[0]:.2e}; "
+        f"eval error {100 * errors[-1]:.2f}% (best {100 * min(errors):.2f}%)"
+    )
 
 
 if __name__ == "__main__":

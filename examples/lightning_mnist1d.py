@@ -28,7 +28,10 @@ class MLP(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(40, 100), torch.nn.ReLU(), torch.nn.Linear(100, 100), torch.nn.ReLU(),
+            torch.nn.Linear(40, 100),
+            torch.nn.ReLU(),
+            torch.nn.Linear(100, 100),
+            torch.nn.ReLU(),
             torch.nn.Linear(100, 10),
         )
 
@@ -69,20 +72,30 @@ def main() -> None:
     model = MLP(args.lr, args.delay)
     callback = AutoDropCallback()
     trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", default_root_dir=args.out, logger=CSVLogger(args.out, name="logs"),
-        callbacks=[callback], enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        default_root_dir=args.out,
+        logger=CSVLogger(args.out, name="logs"),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
     )
     trainer.fit(model, train, test)
 
     scheduler = callback.scheduler
     for record in scheduler.history:
         if record["event"] is not None:
-            print(f"epoch {record['interval']:3d}: {record['event']:7s} omega {record['omega']:6.2f} deg, "
-                  f"lr {record['lrs'][0]:.2e}")
+            print(
+                f"epoch {record['interval']:3d}: {record['event']:7s} omega {record['omega']:6.2f} deg, "
+                f"lr {record['lrs'][0]:.2e}"
+            )
     table = write_history_csv(scheduler.history, args.out / "history.csv")
-    print(f"{scheduler.num_drops} drops; final lr {scheduler.get_last_lr()[0]:.2e}; "
-          f"val error {100 * trainer.callback_metrics['val_error'].item():.2f}%; "
-          f"logger metrics: {trainer.logger.experiment.metrics_file_path}; history: {table}")
+    print(
+        f"{scheduler.num_drops} drops; final lr {scheduler.get_last_lr()[0]:.2e}; "
+        f"val error {100 * trainer.callback_metrics['val_error'].item():.2f}%; "
+        f"logger metrics: {trainer.logger.experiment.metrics_file_path}; history: {table}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ def main() -> None:
     x, y = teacher_data(4096)
     x, y = x.to(device), y.to(device)
     if rank == 0:
-        print(f"{'FSDP2' if args.fsdp else 'DDP'} on {world} ranks ({device.type}); {len(x)} rows, "
-              f"global batch {args.batch}")
+        print(
+            f"{'FSDP2' if args.fsdp else 'DDP'} on {world} ranks ({device.type}); {len(x)} rows, "
+            f"global batch {args.batch}"
+        )
     for epoch in range(args.epochs):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch)).to(device)
         total = torch.zeros((), device=device)
@@ -81,8 +83,10 @@ def main() -> None:
         if rank == 0:
             omega = "   -  " if record["omega"] is None else f"{record['omega']:6.2f}"
             event = record["event"] or ""
-            print(f"epoch {epoch + 1:3d}  rank-0 loss {total.item() / len(order.split(args.batch)):.4f}  "
-                  f"omega {omega} deg  lr {record['lrs'][0]:.4g}  {event}")
+            print(
+                f"epoch {epoch + 1:3d}  rank-0 loss {total.item() / len(order.split(args.batch)):.4f}  "
+                f"omega {omega} deg  lr {record['lrs'][0]:.4g}  {event}"
+            )
 
     histories = [None] * world
     dist.all_gather_object(histories, scheduler.history)
@@ -91,8 +95,10 @@ def main() -> None:
     dist.all_gather_object(all_bytes, local_bytes)
     if rank == 0:
         same = all(h == histories[0] for h in histories)
-        print(f"drops: {scheduler.num_drops}; history identical on all {world} ranks: {same}; "
-              f"AutoDrop buffer bytes per rank: {all_bytes}")
+        print(
+            f"drops: {scheduler.num_drops}; history identical on all {world} ranks: {same}; "
+            f"AutoDrop buffer bytes per rank: {all_bytes}"
+        )
 
     if args.checkpoint:
         import torch.distributed.checkpoint as dcp

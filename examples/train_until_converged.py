@@ -59,8 +59,12 @@ def main() -> None:
         if record["event"] in ("drop", "converged"):
             print(f"epoch {record['interval']:3d}: {record['event']}, lr {record['lrs'][0]:.2e}")
         if args.checkpoint is not None:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "generator": generator.get_state()}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+            }
             torch.save(state, args.checkpoint.with_suffix(".tmp"))
             os.replace(args.checkpoint.with_suffix(".tmp"), args.checkpoint)
 

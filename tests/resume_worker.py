@@ -70,8 +70,12 @@ def main() -> None:
             args.stop_after[1],
         )
     torch.save(
-        {"lrs": lrs, "params": [p.detach() for p in model.parameters()], "pending": scheduler.pending,
-         "history": scheduler.history},
+        {
+            "lrs": lrs,
+            "params": [p.detach() for p in model.parameters()],
+            "pending": scheduler.pending,
+            "history": scheduler.history,
+        },
         args.out,
     )
 

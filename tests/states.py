@@ -19,8 +19,11 @@ def states_equal(a: Any, b: Any) -> bool:
             and torch.equal(a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8))
         )
     if isinstance(a, dict) or isinstance(b, dict):
-        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
-            states_equal(a[k], b[k]) for k in a
+        return (
+            isinstance(a, dict)
+            and isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(states_equal(a[k], b[k]) for k in a)
         )
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return (
@@ -42,8 +45,22 @@ def paths(state, prefix=()):
         yield from paths(value, (*prefix, key))
 
 
-MUTATIONS = ["drop", "none", "str", "nan", "inf", "negative", "huge", "scale", "flip", "tensor_shape", "tensor_nan",
-             "tensor_dtype", "tensor_value", "list_extra"]
+MUTATIONS = [
+    "drop",
+    "none",
+    "str",
+    "nan",
+    "inf",
+    "negative",
+    "huge",
+    "scale",
+    "flip",
+    "tensor_shape",
+    "tensor_nan",
+    "tensor_dtype",
+    "tensor_value",
+    "list_extra",
+]
 
 
 def mutate(state, path, kind):
@@ -74,8 +91,14 @@ def mutate(state, path, kind):
     elif kind == "scale" and isinstance(value, (int, float)) and not isinstance(value, bool):
         container[key] = value * 1.5 if isinstance(value, float) else value + 1
     else:
-        container[key] = {"none": None, "str": "x", "nan": float("nan"), "inf": float("inf"), "negative": -1,
-                          "huge": 10**9}.get(kind, torch.zeros(3))
+        container[key] = {
+            "none": None,
+            "str": "x",
+            "nan": float("nan"),
+            "inf": float("inf"),
+            "negative": -1,
+            "huge": 10**9,
+        }.get(kind, torch.zeros(3))
 
 
 def mutated(state, mutations):
@@ -105,4 +128,3 @@ def load_exactly_or_fail_cleanly(target: Any, state: Any) -> bool:
         return False
     assert states_equal(target.state_dict(), state), "the load did not apply the state exactly"
     return True
-

@@ -1,6 +1,6 @@
 import copy
-import warnings
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from states import MUTATIONS, load_exactly_or_fail_cleanly, mutated, paths, states_equal
 
 from autodrop import (
     ACTIVE_PRESETS,
@@ -18,8 +19,6 @@ from autodrop import (
     AdaBelief,
     AutoDrop,
 )
-
-from states import MUTATIONS, load_exactly_or_fail_cleanly, mutated, paths, states_equal
 
 STATE_KEYS = ("multiplier", "grad_sum", "grad_sign")
 
@@ -64,7 +63,12 @@ BASES = [
 # decoupled decay applied by the rule (scaled by lr alone) instead of by the base
 UNSCALED_DECAY = [
     ("adamw-unscaled-decay", ActiveAdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1)),
-    ("radam-unscaled-decay", ActiveRAdam, torch.optim.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
+    (
+        "radam-unscaled-decay",
+        ActiveRAdam,
+        torch.optim.RAdam,
+        dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+    ),
     ("adabelief-unscaled-decay", ActiveAdaBelief, AdaBelief, dict(lr=1e-2, weight_decay=0.1)),
 ]
 
@@ -164,7 +168,9 @@ def test_multiplier_update_matches_numpy(rule):
 def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, scale_weight_decay):
     model = make_model(dtype=torch.float64)
     lr, decay = 1e-2, 0.3
-    optimizer = cls(model.parameters(), lr=lr, weight_decay=decay, steps_per_epoch=3, scale_weight_decay=scale_weight_decay)
+    optimizer = cls(
+        model.parameters(), lr=lr, weight_decay=decay, steps_per_epoch=3, scale_weight_decay=scale_weight_decay
+    )
     batches = make_batches(8, dtype=torch.float64)
     for batch in batches[:7]:
         train_step(model, optimizer, batch)
@@ -264,7 +270,9 @@ def test_sparse_gradients_get_a_clear_error_before_anything_moves():
     optimizer = ActiveSGD([{"params": dense.parameters()}, {"params": embedding.parameters()}], lr=0.1)
     dense(embedding(torch.tensor([1, 2]))).sum().backward()
     before = [p.detach().clone() for p in (*dense.parameters(), *embedding.parameters())]
-    with pytest.raises(RuntimeError, match=r"ActiveSGD does not support sparse gradients \(parameter 0 of param group 1"):
+    with pytest.raises(
+        RuntimeError, match=r"ActiveSGD does not support sparse gradients \(parameter 0 of param group 1"
+    ):
         optimizer.step()
     after = [*dense.parameters(), *embedding.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
@@ -343,7 +351,9 @@ def test_autodrop_drops_the_group_lr_and_keeps_the_multipliers():
     model = make_model()
     optimizer = ActiveSGD(model.parameters(), lr=0.1, momentum=0.9, steps_per_epoch=4)
     # a threshold no omega change can stay under: the drop comes at the first measured change
-    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=0.0, detector="paper", threshold=180.0, max_threshold=180.0, delay=0)
+    scheduler = AutoDrop(
+        optimizer, factor=0.5, min_lr=0.0, detector="paper", threshold=180.0, max_threshold=180.0, delay=0
+    )
     batches = iter(make_batches(40))
     for epoch in range(6):
         for _ in range(4):
@@ -468,7 +478,11 @@ def corrupt(state, group=None, param=None, **changes):
         (dict(group=0, epoch=KeyError), KeyError, r"param_groups'\]\[0\] lacks \['epoch'\]"),
         (dict(group=0, epoch_steps=-1), ValueError, r"epoch_steps'\] must be an int >= 0, got -1"),
         (dict(group=0, lr=float("nan")), ValueError, r"\['lr'\] must be >= 0, got nan"),
-        (dict(param=0, multiplier=torch.ones(3)), ValueError, r"\['multiplier'\] has shape \(3,\), the parameter has \(8, 6\)"),
+        (
+            dict(param=0, multiplier=torch.ones(3)),
+            ValueError,
+            r"\['multiplier'\] has shape \(3,\), the parameter has \(8, 6\)",
+        ),
         (dict(param=1, grad_sum=torch.full((8,), float("nan"))), ValueError, r"\['grad_sum'\] contains NaN or Inf"),
         (dict(param=1, grad_sign=torch.full((8,), 3, dtype=torch.int8)), ValueError, r"signs in \{-1, 0, 1\}"),
         (dict(param=1, multiplier=torch.zeros(8)), ValueError, r"must be > 0 everywhere"),
@@ -524,8 +538,7 @@ def test_a_multiplier_halved_on_every_flip_stops_at_the_smallest_normal_and_the_
 
 def test_numpy_scalars_and_non_bools_are_checked_at_the_door():
     param = torch.nn.Parameter(torch.ones(3))
-    optimizer = ActiveSGD([param], lr=0.1, lr_high=np.float64(2.0), lr_low=np.float32(0.5),
-                          steps_per_epoch=np.int64(4))
+    optimizer = ActiveSGD([param], lr=0.1, lr_high=np.float64(2.0), lr_low=np.float32(0.5), steps_per_epoch=np.int64(4))
     group = optimizer.param_groups[0]
     assert (type(group["lr_high"]), type(group["lr_low"]), type(group["steps_per_epoch"])) == (float, float, int)
     buffer = io.BytesIO()
@@ -540,8 +553,15 @@ def test_numpy_scalars_and_non_bools_are_checked_at_the_door():
         AdaBelief([param], decoupled_weight_decay=1)
 
 
-@pytest.mark.parametrize("cls, moment", [(ActiveSGD, "momentum_buffer"), (ActiveAdamW, "exp_avg"),
-                                         (ActiveRAdam, "exp_avg_sq"), (ActiveAdaBelief, "exp_avg_var")])
+@pytest.mark.parametrize(
+    "cls, moment",
+    [
+        (ActiveSGD, "momentum_buffer"),
+        (ActiveAdamW, "exp_avg"),
+        (ActiveRAdam, "exp_avg_sq"),
+        (ActiveAdaBelief, "exp_avg_var"),
+    ],
+)
 @pytest.mark.parametrize("damage", ["deleted", "None"])
 def test_a_state_whose_base_moment_is_gone_is_refused_at_load_not_at_the_next_step(cls, moment, damage):
     param = torch.nn.Parameter(torch.ones(3))

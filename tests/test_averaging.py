@@ -1,11 +1,10 @@
-import pytest
 import numpy as np
+import pytest
 import torch
+from trajectories import flat64
 
 from autodrop.averaging import WeightedAverage
 from autodrop.trajectory import ParameterTrajectory
-
-from trajectories import flat64
 
 pytestmark = pytest.mark.usefixtures("stepping")
 

@@ -11,19 +11,49 @@ def fake_record(schedule, lr, seed, errors, drops=(), deltas=None, task="digits-
     epochs = len(errors)
     history = None
     if deltas is not None:
-        history = [{"interval": i + 1, "omega": None if i == 0 else 90.0 + i, "delta": d, "threshold": 0.01,
-                    "lrs": [lr], "event": "drop" if i + 1 in drops else None} for i, d in enumerate(deltas)]
+        history = [
+            {
+                "interval": i + 1,
+                "omega": None if i == 0 else 90.0 + i,
+                "delta": d,
+                "threshold": 0.01,
+                "lrs": [lr],
+                "event": "drop" if i + 1 in drops else None,
+            }
+            for i, d in enumerate(deltas)
+        ]
     best = min(range(epochs), key=errors.__getitem__)
     return {
-        "key": f"{task}/{schedule}/{lr}/{seed}", "task": task, "schedule": schedule, "optimizer": "sgd",
-        "lr": lr, "seed": seed, "epochs": epochs, "batch_size": 64, "device": "cpu", "threads": 1,
-        "num_params": 1442, "settings": {"delay": 1} if history else {}, "history": history,
-        "train_loss": [1.0 / (i + 1) for i in range(epochs)], "val_loss": [1.0] * epochs, "test_error": errors,
-        "epoch_lr": [lr] * epochs, "omega": [None] + [90.0 + i for i in range(1, epochs)],
-        "delta": deltas or [None] * epochs, "threshold": [0.01] * epochs if history else [None] * epochs,
-        "event": [None] * epochs, "final_test_error": errors[-1], "best_test_error": errors[best],
-        "best_epoch": best + 1, "final_train_loss": 1.0 / epochs, "trigger_epochs": list(drops),
-        "drop_epochs": list(drops), "diverged": False, "wall_s": 2.0, "cpu_s": 1.5,
+        "key": f"{task}/{schedule}/{lr}/{seed}",
+        "task": task,
+        "schedule": schedule,
+        "optimizer": "sgd",
+        "lr": lr,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": 64,
+        "device": "cpu",
+        "threads": 1,
+        "num_params": 1442,
+        "settings": {"delay": 1} if history else {},
+        "history": history,
+        "train_loss": [1.0 / (i + 1) for i in range(epochs)],
+        "val_loss": [1.0] * epochs,
+        "test_error": errors,
+        "epoch_lr": [lr] * epochs,
+        "omega": [None] + [90.0 + i for i in range(1, epochs)],
+        "delta": deltas or [None] * epochs,
+        "threshold": [0.01] * epochs if history else [None] * epochs,
+        "event": [None] * epochs,
+        "final_test_error": errors[-1],
+        "best_test_error": errors[best],
+        "best_epoch": best + 1,
+        "final_train_loss": 1.0 / epochs,
+        "trigger_epochs": list(drops),
+        "drop_epochs": list(drops),
+        "diverged": False,
+        "wall_s": 2.0,
+        "cpu_s": 1.5,
     }
 
 
@@ -83,17 +113,28 @@ def timed(record, train_s, autodrop_step_s):
 def test_autodrop_cost_is_the_median_step_over_the_median_training_pass(tmp_path):
     errors = [9.0, 8.0, 7.0]
     records = [
-        timed(fake_record("autodrop", 0.05, 0, errors, deltas=[None, None, 1.0]),
-              [2.0, 4.0, 3.0], [0.001, 0.003, 0.002]),
-        timed(fake_record("autodrop-smooth", 0.05, 0, errors, deltas=[None, None, 1.0]),
-              [5.0, 1.0, 6.0], [0.004, 0.05, 0.0005]),
+        timed(
+            fake_record("autodrop", 0.05, 0, errors, deltas=[None, None, 1.0]), [2.0, 4.0, 3.0], [0.001, 0.003, 0.002]
+        ),
+        timed(
+            fake_record("autodrop-smooth", 0.05, 0, errors, deltas=[None, None, 1.0]),
+            [5.0, 1.0, 6.0],
+            [0.004, 0.05, 0.0005],
+        ),
         fake_record("autodrop", 0.1, 0, errors, deltas=[None, None, 1.0]),  # recorded before runs were timed
         timed(fake_record("step", 0.05, 0, errors), [100.0] * 3, [None] * 3),  # no AutoDrop: left out
-        timed(dict(fake_record("autodrop", 0.05, 0, errors, deltas=[None, None, 1.0], task="mnist-mlp"),
-                   num_params=269322, threads=2), [2.0, 2.0, 2.0], [0.02, 0.01, 0.03]),
+        timed(
+            dict(
+                fake_record("autodrop", 0.05, 0, errors, deltas=[None, None, 1.0], task="mnist-mlp"),
+                num_params=269322,
+                threads=2,
+            ),
+            [2.0, 2.0, 2.0],
+            [0.02, 0.01, 0.03],
+        ),
     ]
     text = write_report(records, tmp_path, {"suite": "tiny"}).read_text()
-    section = text[text.index("## AutoDrop's cost per epoch"):text.index("## Task")]
+    section = text[text.index("## AutoDrop's cost per epoch") : text.index("## Task")]
     # digits-cnn: training passes 1 2 3 4 5 6 -> median 3.5 s; steps 0.5 1 2 3 4 50 ms -> median 2.5 ms;
     # 2.5e-3 / 3.5 = 0.0714 %. mnist-mlp: 20 ms / 2 s = 1 %.
     assert "| `digits-cnn` | 1442 | 2 of 3 | 3.5 | 2.5 | 0.0714 % | met |" in section
@@ -120,8 +161,10 @@ def test_paired_intervals_per_cell_and_the_goal_check(tmp_path):
             deltas = [None, 1.0, 1.0, 1.0, 1.0] if schedule == "autodrop" else None
             records.append(fake_record(schedule, 0.05, seed, [9.0, 5.0, 4.0, 3.0, final], drops=drops, deltas=deltas))
     records += [fake_record("step", 0.1, seed, [9.0, 5.0, 4.0, 3.0, 2.0]) for seed in range(3)]
-    records += [fake_record("autodrop", 0.1, seed, [9.0, 5.0, 4.0, 3.0, 2.5 + 0.1 * seed], deltas=[None] * 5)
-                for seed in range(3)]
+    records += [
+        fake_record("autodrop", 0.1, seed, [9.0, 5.0, 4.0, 3.0, 2.5 + 0.1 * seed], deltas=[None] * 5)
+        for seed in range(3)
+    ]
     text = write_report(records, tmp_path, {"suite": "tiny"}).read_text()
 
     differences = np.array(finals["autodrop"]) - np.array(finals["step"])
@@ -131,7 +174,7 @@ def test_paired_intervals_per_cell_and_the_goal_check(tmp_path):
     assert "| 0.05 | `autodrop` | 3 | " in text and expected in text
     # At LR 0.1 autodrop is 0.5-0.7 pp worse on every seed: the interval lies above 0; no cosine there.
     assert "+0.60 [+0.35, +0.85] worse | — | none, none, none | 0.0 ± 0.0 | 5 |" in text
-    goal = text[text.index("## The default detector against the goals"):text.index("## AutoDrop's cost")]
+    goal = text[text.index("## The default detector against the goals") : text.index("## AutoDrop's cost")]
     assert "Worse than the step schedule beyond the 95 % interval in: digits-cnn sgd LR 0.1" in goal
     cosine = float(np.mean(np.array(finals["autodrop"]) - np.array(finals["cosine"])))
     assert f"averaged over the 1 cells that have cosine: {cosine:+.2f} pp" in goal
@@ -148,13 +191,14 @@ def test_stopping_section_counts_epochs_and_checks_the_target_against_steps_inte
     records = [fake_record("step", 0.05, seed, budget + [final]) for seed, final in enumerate(step_finals)]
     # autodrop-stop: stops after 6 of 10 epochs, error at the stop 2.1-2.2; step-earlystop: after 4, error 3
     for seed in range(3):
-        stop = fake_record("autodrop-stop", 0.05, seed, [9.0, 5.0, 4.0, 3.0, 2.5, 2.1 + 0.05 * seed],
-                           drops=(3,), deltas=[None] * 6)
+        stop = fake_record(
+            "autodrop-stop", 0.05, seed, [9.0, 5.0, 4.0, 3.0, 2.5, 2.1 + 0.05 * seed], drops=(3,), deltas=[None] * 6
+        )
         records.append({**stop, "epochs": 10, "stopped_epoch": 6})
         early = fake_record("step-earlystop", 0.05, seed, [9.0, 5.0, 4.0, 3.0])
         records.append({**early, "epochs": 10, "stopped_epoch": 4})
     text = write_report(records, tmp_path, {"suite": "tiny"}).read_text()
-    section = text[text.index("## Stopping early"):text.index("## What this evidence")]
+    section = text[text.index("## Stopping early") : text.index("## What this evidence")]
 
     mean, sd = np.mean(step_finals), np.std(step_finals, ddof=1)
     half = stats.t.ppf(0.975, 2) * sd / np.sqrt(3)

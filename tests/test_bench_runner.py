@@ -18,7 +18,8 @@ def spec(schedule: str, epochs: int = 4, lr: float = 0.05, seed: int = 0) -> Run
 def test_quick_plan_compares_the_default_with_step_cosine_and_the_paper_rule_over_three_seeds():
     specs = plan_runs(SUITES["quick"])
     assert sorted((s.schedule, s.seed) for s in specs) == [
-        (name, seed) for name in sorted(("step", "cosine", "autodrop", "autodrop-paper")) for seed in range(3)]
+        (name, seed) for name in sorted(("step", "cosine", "autodrop", "autodrop-paper")) for seed in range(3)
+    ]
     assert {s.lr for s in specs} == {0.05} and {s.epochs for s in specs} == {60}
 
 
@@ -66,14 +67,18 @@ def test_omega_is_the_same_from_autodrop_history_and_from_angular_velocity():
 
 
 def test_autodrop_drop_averages_and_refreshes_batchnorm(monkeypatch):
-    eager = Schedule("autodrop-eager", "always saturated",
-                     schedules._autodrop(detector="paper", threshold=180.0, max_threshold=180.0))
+    eager = Schedule(
+        "autodrop-eager",
+        "always saturated",
+        schedules._autodrop(detector="paper", threshold=180.0, max_threshold=180.0),
+    )
     monkeypatch.setitem(schedules.SCHEDULES, eager.name, eager)
     monkeypatch.setitem(runner.SCHEDULES, eager.name, eager)
     calls = []
     original = torch.optim.swa_utils.update_bn
-    monkeypatch.setattr(torch.optim.swa_utils, "update_bn", lambda loader, model: calls.append(len(loader))
-                        or original(loader, model))
+    monkeypatch.setattr(
+        torch.optim.swa_utils, "update_bn", lambda loader, model: calls.append(len(loader)) or original(loader, model)
+    )
     record = run_one(spec("autodrop-eager", epochs=5))
     # omega exists from epoch 2, its change from epoch 3; delay 1 drops at the trigger.
     assert record["trigger_epochs"] == record["drop_epochs"] == [3, 4, 5]
@@ -84,8 +89,9 @@ def test_autodrop_drop_averages_and_refreshes_batchnorm(monkeypatch):
 def test_activelr_row_builds_its_optimizer_and_ends_each_epoch(monkeypatch):
     ended = []
     original = ActiveSGD.end_epoch
-    monkeypatch.setattr(ActiveSGD, "end_epoch", lambda self: ended.append(self.param_groups[0]["epoch"])
-                        or original(self))
+    monkeypatch.setattr(
+        ActiveSGD, "end_epoch", lambda self: ended.append(self.param_groups[0]["epoch"]) or original(self)
+    )
     record = run_one(spec("activesgd", epochs=3))
     assert ended == [0, 1, 2]  # one epoch ended per training epoch, each after its steps
     assert record["epoch_lr"] == [0.05] * 3 and record["history"] is None and len(record["omega"]) == 3
@@ -140,15 +146,22 @@ def test_the_clock_waits_for_cuda_work(monkeypatch):
 
 
 def test_autodrop_stop_ends_the_run_when_autodrop_has_converged(monkeypatch):
-    eager = Schedule("autodrop-eager-stop", "always saturated, stops at convergence",
-                     schedules._autodrop(stop_when_converged=True, max_drops=1, detector="paper", threshold=180.0,
-                                         max_threshold=180.0))
+    eager = Schedule(
+        "autodrop-eager-stop",
+        "always saturated, stops at convergence",
+        schedules._autodrop(
+            stop_when_converged=True, max_drops=1, detector="paper", threshold=180.0, max_threshold=180.0
+        ),
+    )
     monkeypatch.setitem(schedules.SCHEDULES, eager.name, eager)
     monkeypatch.setitem(runner.SCHEDULES, eager.name, eager)
     record = run_one(spec("autodrop-eager-stop", epochs=10))
     # delay 1: the trigger at epoch 3 drops, the one at epoch 4 finds no drop left and converges.
     assert record["event"] == [None, None, "drop", "converged"] and record["stopped_epoch"] == 4
-    assert len(record["test_error"]) == len(record["train_s"]) == 4 and record["final_test_error"] == record["test_error"][-1]
+    assert (
+        len(record["test_error"]) == len(record["train_s"]) == 4
+        and record["final_test_error"] == record["test_error"][-1]
+    )
     assert run_one(spec("autodrop", epochs=3))["stopped_epoch"] is None
 
 

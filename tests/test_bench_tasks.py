@@ -8,7 +8,13 @@ import torch
 
 from autodrop.apps.bench import tasks
 from autodrop.apps.bench.tasks import (
-    TASKS, DataSource, cifar10_tensors, mnist1d_tensors, mnist_folder, random_crop_flip, read_idx,
+    TASKS,
+    DataSource,
+    cifar10_tensors,
+    mnist1d_tensors,
+    mnist_folder,
+    random_crop_flip,
+    read_idx,
     resnet18_cifar,
 )
 

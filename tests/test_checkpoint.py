@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from states import states_equal
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from autodrop import AngularVelocity, AutoDrop, ShardedState
-from states import states_equal
 
 pytestmark = pytest.mark.usefixtures("stepping")
 
@@ -41,8 +41,10 @@ def test_dcp_round_trip_inside_a_delay_window_continues_identically(tmp_path):
     train(model, optimizer, scheduler, range(stop))
     assert scheduler.averager.active
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state, "autodrop": ShardedState(scheduler)},
-             checkpoint_id=str(tmp_path))
+    dcp.save(
+        {"model": model_state, "optimizer": optimizer_state, "autodrop": ShardedState(scheduler)},
+        checkpoint_id=str(tmp_path),
+    )
     saved = [p.detach().clone() for p in model.parameters()]
 
     model, optimizer, scheduler = build()
@@ -96,8 +98,11 @@ def test_malformed_sharded_states_name_what_is_wrong_and_change_nothing():
         ({**good, "meta": "not bytes"}, TypeError, r"\['meta'\] must be bytes"),
         ({**good, "meta": b"\x00 torn"}, ValueError, r"\['meta'\] cannot be read"),
         ({**good, "buffers": {**good["buffers"], "sum": [1, 2]}}, TypeError, r"\['sum'\] must be a dict of tensors"),
-        ({**good, "buffers": {**good["buffers"], "step": {**good["buffers"]["step"], "0": 3.0}}}, TypeError,
-         "step buffer of parameter 0 must be a tensor"),
+        (
+            {**good, "buffers": {**good["buffers"], "step": {**good["buffers"]["step"], "0": 3.0}}},
+            TypeError,
+            "step buffer of parameter 0 must be a tensor",
+        ),
     ]
     for state, error, message in cases:
         with pytest.raises(error, match=message):

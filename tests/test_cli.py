@@ -18,8 +18,28 @@ def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
 
 def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["bench", "--suite", "tiny", "--schedules", "constant", "step", "autodrop", "--lrs", "0.05", "0.1",
-            "--epochs", "3", "--seeds", "1", "--jobs", "1", "--device", "cpu", "--out", str(out)]
+    argv = [
+        "bench",
+        "--suite",
+        "tiny",
+        "--schedules",
+        "constant",
+        "step",
+        "autodrop",
+        "--lrs",
+        "0.05",
+        "0.1",
+        "--epochs",
+        "3",
+        "--seeds",
+        "1",
+        "--jobs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     main(argv)
     printed = capsys.readouterr().out
     # 3 schedules at the task's LR 0.05, plus step and autodrop at 0.1 for the sweep.
@@ -27,7 +47,12 @@ def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
 
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["schedule"], r["lr"]) for r in records) == [
-        ("autodrop", 0.05), ("autodrop", 0.1), ("constant", 0.05), ("step", 0.05), ("step", 0.1)]
+        ("autodrop", 0.05),
+        ("autodrop", 0.1),
+        ("constant", 0.05),
+        ("step", 0.05),
+        ("step", 0.1),
+    ]
     for record in records:
         assert len(record["test_error"]) == len(record["omega"]) == len(record["epoch_lr"]) == 3
         assert record["best_test_error"] == min(record["test_error"])
@@ -36,10 +61,16 @@ def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     assert len(rows) == 5 and {row["schedule"] for row in rows} == {"constant", "step", "autodrop"}
 
     report = (out / "report.md").read_text()
-    for heading in ("# AutoDrop benchmark: `tiny` suite", "## Set-up", "## Task `digits-cnn`",
-                    "### Test error at the compared LR (paper Table 1 analog)", "### Did AutoDrop trigger?",
-                    "### Robustness to the initial LR (paper Table 2 analog)",
-                    "### Epochs to best (paper Fig. 7 analog)", "### Figures"):
+    for heading in (
+        "# AutoDrop benchmark: `tiny` suite",
+        "## Set-up",
+        "## Task `digits-cnn`",
+        "### Test error at the compared LR (paper Table 1 analog)",
+        "### Did AutoDrop trigger?",
+        "### Robustness to the initial LR (paper Table 2 analog)",
+        "### Epochs to best (paper Fig. 7 analog)",
+        "### Figures",
+    ):
         assert heading in report
     for figure in ("digits-cnn-curves.png", "digits-cnn-autodrop-omega.png", "digits-cnn-lr-sweep.png"):
         assert f"](figures/{figure})" in report
@@ -64,10 +95,12 @@ def refused(argv, capsys):
 
 def test_bench_without_its_data_is_a_clear_error(tmp_path, capsys):
     assert "needs --data-dir" in refused(["bench", "--suite", "cifar10", "--out", str(tmp_path)], capsys)
-    assert "lacks" in refused(["bench", "--suite", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)],
-                              capsys)
-    assert "--schedules" in refused(["bench", "--suite", "tiny", "--schedules", "weekly", "--out", str(tmp_path)],
-                                    capsys)
+    assert "lacks" in refused(
+        ["bench", "--suite", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path)], capsys
+    )
+    assert "--schedules" in refused(
+        ["bench", "--suite", "tiny", "--schedules", "weekly", "--out", str(tmp_path)], capsys
+    )
 
 
 def test_bad_input_is_one_line_naming_the_option_and_exit_status_2(tmp_path, capsys):
@@ -124,4 +157,3 @@ def test_calibrate_prints_every_detector_on_every_series(capsys):
     for name in CANDIDATES:
         assert printed.count(name) == 7  # 3 saturating shapes, 3 linear rises, the NQM
     assert "linear 0.2 deg/interval sigma 1" in printed and "nqm" in printed and "Targets for the default" in printed
-

@@ -67,13 +67,18 @@ def test_ols_slope_matches_numpy(w):
 
 def test_ols_slope_of_a_straight_line_has_no_error():
     slope, error, noise = ols_slope([2.0 + 0.5 * j for j in range(10)])
-    assert slope == pytest.approx(0.5) and error == pytest.approx(0.0, abs=1e-12) and noise == pytest.approx(0.0, abs=1e-12)
+    assert (
+        slope == pytest.approx(0.5)
+        and error == pytest.approx(0.0, abs=1e-12)
+        and noise == pytest.approx(0.0, abs=1e-12)
+    )
 
 
 def test_trend_statistic_and_bound_are_the_stated_formulas():
     omegas = 100 - 20 * np.exp(-np.arange(45) / 6) + np.random.default_rng(1).normal(0, 1.5, size=45)
-    detector = TrendTest(confidence=0.9, tolerance=4.0, horizon=10, slowdown=0.2, window=12, min_intervals=5,
-                         patience=2, max_wait=None)
+    detector = TrendTest(
+        confidence=0.9, tolerance=4.0, horizon=10, slowdown=0.2, window=12, min_intervals=5, patience=2, max_wait=None
+    )
     passes, peak = 0, 0.0
     for n, omega in enumerate(omegas, start=1):
         saturated = detector.observe(float(omega))
@@ -136,8 +141,10 @@ def trend_script(seed):
     for phase in range(3):
         length = int(rng.integers(5, 40))
         level = rng.uniform(60, 110)
-        steps += [(float(np.clip(level - 30 * np.exp(-i / 5) + rng.normal(0, 2), 0, 180)), i == length - 1)
-                  for i in range(length)]
+        steps += [
+            (float(np.clip(level - 30 * np.exp(-i / 5) + rng.normal(0, 2), 0, 180)), i == length - 1)
+            for i in range(length)
+        ]
     return steps
 
 
@@ -162,7 +169,11 @@ def test_trend_resumes_identically_from_every_state(seed):
         assert resumed.state_dict() == first.state_dict()
         for (omega, drop), (saturated, delta, threshold, recorded) in zip(script[cut:], expected[cut:]):
             assert (resumed.observe(omega), resumed.delta, resumed.threshold, resumed.statistics()) == (
-                saturated, delta, threshold, recorded)
+                saturated,
+                delta,
+                threshold,
+                recorded,
+            )
             if drop:
                 resumed.on_drop(0.2)
 

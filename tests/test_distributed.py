@@ -20,10 +20,13 @@ def test_local_tensor_of_a_plain_tensor_shares_its_storage():
     assert not local.requires_grad and local.data_ptr() == param.data_ptr()
 
 
-@pytest.mark.parametrize("build", [
-    lambda p, group: AngularVelocity(p, process_group=group),
-    lambda p, group: AutoDrop(torch.optim.SGD(p, lr=0.1), process_group=group),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda p, group: AngularVelocity(p, process_group=group),
+        lambda p, group: AutoDrop(torch.optim.SGD(p, lr=0.1), process_group=group),
+    ],
+)
 def test_process_group_without_torch_distributed_is_rejected(build):
     with pytest.raises(ValueError, match="process_group=.*not initialized"):
         build([torch.nn.Parameter(torch.zeros(2))], "group")

@@ -16,7 +16,11 @@ def run_history(groups: int = 1, detector=None):
     model = torch.nn.Linear(6, 1)
     params = [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.03}] if groups == 2 else model.parameters()
     optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    options = {"detector": "paper", "threshold": 180.0, "max_threshold": 180.0} if detector is None else {"detector": detector}
+    options = (
+        {"detector": "paper", "threshold": 180.0, "max_threshold": 180.0}
+        if detector is None
+        else {"detector": detector}
+    )
     scheduler = AutoDrop(optimizer, delay=1, factor=0.5, **options)
     x = torch.randn(64, 6)
     y = x.sum(1, keepdim=True)
@@ -33,7 +37,12 @@ def test_scalars_name_every_quantity_and_mark_the_events():
     history = run_history(groups=2)
     first, drop = history[0], next(r for r in history if r["event"] == "drop")
     assert history_scalars(first) == {
-        "threshold": 180.0, "lr": 0.1, "lr_group1": 0.03, "trigger": 0.0, "drop": 0.0, "converged": 0.0,
+        "threshold": 180.0,
+        "lr": 0.1,
+        "lr_group1": 0.03,
+        "trigger": 0.0,
+        "drop": 0.0,
+        "converged": 0.0,
     }
     scalars = history_scalars(drop)
     assert scalars["omega"] == drop["omega"] and scalars["delta"] == drop["delta"]
@@ -102,10 +111,13 @@ def test_the_trend_test_statistics_become_columns_and_scalars(tmp_path):
     statistics = ["slope", "noise", "phase", "passes", "wait"]
     assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "reason", "lr", *statistics]
     for row, record in zip(rows, history, strict=True):
-        assert [None if row[key] == "" else float(row[key]) for key in statistics] == [record[key] for key in statistics]
+        assert [None if row[key] == "" else float(row[key]) for key in statistics] == [
+            record[key] for key in statistics
+        ]
         scalars = history_scalars(record)
         assert {key: scalars[key] for key in statistics if key in scalars} == {
-            key: float(record[key]) for key in statistics if record[key] is not None}
+            key: float(record[key]) for key in statistics if record[key] is not None
+        }
 
 
 def test_csv_keeps_the_reason_of_a_skipped_interval_and_refuses_malformed_histories(tmp_path):

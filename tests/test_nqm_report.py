@@ -19,7 +19,11 @@ def test_nqm_command_writes_the_table_and_both_figures(tmp_path, capsys):
         assert 85 < row["measured_angle"] < 125  # the accuracy itself is tested in test_nqm.py
     autodrop = summary["autodrop"]
     assert (autodrop["lr"], autodrop["factor"], autodrop["min_lr"], autodrop["threshold"], autodrop["window"]) == (
-        0.06, 0.5, 0.001, 0.01, 20
+        0.06,
+        0.5,
+        0.001,
+        0.01,
+        20,
     )
     assert len(autodrop["drops"]) >= 2
     assert autodrop["improvement"] == pytest.approx(autodrop["fixed_lr_stationary_loss"] / autodrop["final_loss"])

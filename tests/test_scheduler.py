@@ -5,12 +5,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from states import states_equal
 from torch.optim.lr_scheduler import LRScheduler
+from trajectories import PlanarWalk, angle64, flat64, scripted_run
 
 from autodrop import AutoDrop
-
-from states import states_equal
-from trajectories import PlanarWalk, angle64, flat64, scripted_run
 
 pytestmark = pytest.mark.usefixtures("stepping")
 
@@ -91,7 +90,9 @@ def test_groups_drop_together_with_their_own_floors_and_threshold_caps():
     a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     b = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     optimizer = torch.optim.SGD([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.01}], lr=0.1)
-    scheduler = AutoDrop(optimizer, factor=0.5, min_lr=[0.3, 0.004], detector="paper", threshold=0.4, max_threshold=1.0, delay=0)
+    scheduler = AutoDrop(
+        optimizer, factor=0.5, min_lr=[0.3, 0.004], detector="paper", threshold=0.4, max_threshold=1.0, delay=0
+    )
     walk = PlanarWalk(a)
     scripted_run(scheduler.step, walk, [30.0] * 4)
     # Both groups reach their floors at the second drop: the third saturation is convergence.
@@ -185,7 +186,12 @@ def test_bad_values_raise_value_error_naming_the_argument(kwargs, name):
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"delay": 2.5}, "delay"), ({"detector": "paper", "window": True}, "window"), ({"factor": "0.2"}, "factor"), ({"average": 1}, "average")],
+    [
+        ({"delay": 2.5}, "delay"),
+        ({"detector": "paper", "window": True}, "window"),
+        ({"factor": "0.2"}, "factor"),
+        ({"average": 1}, "average"),
+    ],
 )
 def test_bad_types_raise_type_error_naming_the_argument(kwargs, name):
     param = torch.nn.Parameter(torch.zeros(2))
@@ -244,7 +250,9 @@ def test_nonfinite_interval_is_skipped_warned_once_and_touches_no_buffer(bad):
                 param[1] = bad
             scheduler.step()
     assert len(caught) == 1
-    assert [(r["event"], r["reason"], r["omega"]) for r in scheduler.history[-2:]] == [("skipped", "nonfinite", None)] * 2
+    assert [(r["event"], r["reason"], r["omega"]) for r in scheduler.history[-2:]] == [
+        ("skipped", "nonfinite", None)
+    ] * 2
     assert same(buffers(scheduler), before)
     assert scheduler.delay_count == 1 and optimizer.param_groups[0]["lr"] == 0.1
 
@@ -390,7 +398,11 @@ def test_empty_optimizer_and_nonfinite_initial_params_are_rejected():
         ({"min_lr": [-1.0]}, ValueError, r"min_lr\[0\] must be >= 0, got -1.0"),
         ({"min_lr": "1e-4"}, TypeError, r"min_lr must be a real number"),
         ({"detector": "paper", "threshold": float("inf")}, ValueError, r"threshold must be > 0, got inf"),
-        ({"detector": "paper", "max_threshold": 0.001}, ValueError, r"max_threshold must be >= threshold \(0.01\), got 0.001"),
+        (
+            {"detector": "paper", "max_threshold": 0.001},
+            ValueError,
+            r"max_threshold must be >= threshold \(0.01\), got 0.001",
+        ),
         ({"delay": -2}, ValueError, r"delay must be an int >= 0, got -2"),
         ({"detector": "paper", "window": 1.0}, TypeError, r"window must be an int in \[1, 10000\], got 1.0"),
         ({"eps": float("nan")}, ValueError, r"eps must be > 0, got nan"),
@@ -439,10 +451,16 @@ def test_failed_load_names_the_problem_and_leaves_the_scheduler_exactly_as_befor
         ({**good, "min_lrs": [1e-4, 1e-4]}, ValueError, "2 values, the optimizer has 1"),
         ({**good, "delay": "5"}, TypeError, "state\\['delay'\\]"),
         ({**good, "history": good["history"][1:]}, ValueError, "one per step"),
-        ({**good, "averaging": {**good["averaging"], "sums": [torch.zeros(3, dtype=torch.float64)]}},
-         ValueError, r"sums'\]\[0\] is \(3,\) torch.float64, the current parameters need \(2,\) torch.float64"),
-        ({**good, "averaging": {**good["averaging"], "sums": [torch.full((2,), float("nan"), dtype=torch.float64)]}},
-         ValueError, "NaN or Inf"),
+        (
+            {**good, "averaging": {**good["averaging"], "sums": [torch.zeros(3, dtype=torch.float64)]}},
+            ValueError,
+            r"sums'\]\[0\] is \(3,\) torch.float64, the current parameters need \(2,\) torch.float64",
+        ),
+        (
+            {**good, "averaging": {**good["averaging"], "sums": [torch.full((2,), float("nan"), dtype=torch.float64)]}},
+            ValueError,
+            "NaN or Inf",
+        ),
         ({**good, "pending": False}, ValueError, "delay_count"),
     ]
     for state, error, message in cases:
@@ -455,7 +473,9 @@ def test_ten_thousand_intervals_keep_memory_flat_with_a_history_cap():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = AutoDrop(optimizer, min_lr=0.0, detector="paper", threshold=5.0, max_threshold=10.0, delay=3, max_history=100)
+    scheduler = AutoDrop(
+        optimizer, min_lr=0.0, detector="paper", threshold=5.0, max_threshold=10.0, delay=3, max_history=100
+    )
     generator = torch.Generator().manual_seed(0)
     buffer_bytes = scheduler.velocity.trajectory.buffer_bytes()
     marks = {}

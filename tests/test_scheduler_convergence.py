@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
-from autodrop import AutoDrop, TrendTest
 from states import states_equal
 from trajectories import PlanarWalk, flat64, scripted_run
+
+from autodrop import AutoDrop, TrendTest
 
 
 def planar(lr=0.1, **kwargs):
@@ -29,8 +29,14 @@ def test_converged_only_after_the_last_allowed_drop_and_never_before():
         walk.move(30.0)  # flat omega: saturated at every chance
         scheduler.step()
         converged.append(scheduler.converged)
-    assert events(scheduler) == [(3, "trigger"), (4, "drop"), (5, "trigger"), (6, "drop"), (7, "trigger"),
-                                 (8, "converged")]
+    assert events(scheduler) == [
+        (3, "trigger"),
+        (4, "drop"),
+        (5, "trigger"),
+        (6, "drop"),
+        (7, "trigger"),
+        (8, "converged"),
+    ]
     assert converged == [False] * 6 + [True] * 6
     assert scheduler.num_drops == 2 and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
 

@@ -5,12 +5,11 @@ import io
 import numpy as np
 import pytest
 import torch
-
-from autodrop import AutoDrop, PaperRule, TrendTest
-
 from resume_worker import train_epoch
 from states import states_equal
 from trajectories import PlanarWalk, scripted_run
+
+from autodrop import AutoDrop, PaperRule, TrendTest
 
 
 def planar(detector="trend", **kwargs):
@@ -29,7 +28,9 @@ def test_the_default_detector_is_the_trend_test_and_paper_options_need_the_paper
     _, _, paper, _ = planar("paper", threshold=0.3, window=2)
     assert isinstance(paper.detector, PaperRule) and (paper.threshold, paper.detector.window) == (0.3, 2)
     for option in ({"threshold": 0.2}, {"max_threshold": 2.0}, {"window": 5}):
-        with pytest.raises(ValueError, match=f"{next(iter(option))} configure the paper's rule and need detector='paper'"):
+        with pytest.raises(
+            ValueError, match=f"{next(iter(option))} configure the paper's rule and need detector='paper'"
+        ):
             planar(**option)
     with pytest.raises(ValueError, match="need detector='paper'"):
         planar(small_trend(), threshold=0.2)
@@ -57,7 +58,8 @@ def test_a_flat_omega_triggers_after_the_test_passes_and_records_its_statistics(
     assert events[1] == (trigger["interval"] + 1, "drop") and drop["lrs"] == [pytest.approx(0.02)]
     first = scheduler.history[0]
     assert {key: first[key] for key in ("delta", "slope", "noise", "phase", "passes", "wait")} == dict.fromkeys(
-        ("delta", "slope", "noise", "phase", "passes", "wait"))
+        ("delta", "slope", "noise", "phase", "passes", "wait")
+    )
     after_drop = scheduler.history[events[1][0]]
     assert after_drop["phase"] == 1 and after_drop["wait"] == max(4, round(0.5 * trigger["phase"]))
 
@@ -90,8 +92,10 @@ def test_real_training_resumes_bit_for_bit_from_every_interval():
         train_epoch(model, optimizer, x, y, epoch)
         scheduler.step()
         buffer = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}, buffer)
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            buffer,
+        )
         checkpoints.append(buffer.getvalue())
     assert scheduler.num_drops >= 2, "the run must pass through several phases and windows"
     final = [p.detach().clone() for p in model.parameters()]
@@ -132,8 +136,13 @@ def test_a_version_1_checkpoint_of_the_paper_rule_still_loads():
     detector = state.pop("detector")
     del state["max_drops"], state["converged"], state["write_back_due"], state["intervals"]  # version 3's
     state["step_count"], state["last_lr"] = state.pop("_step_count") - 1, state.pop("_last_lr")
-    legacy = {**state, "version": 1, "max_threshold": detector["max_threshold"], "window": detector["window"],
-              "detector": {"threshold": detector["threshold"], "recent": detector["recent"]}}
+    legacy = {
+        **state,
+        "version": 1,
+        "max_threshold": detector["max_threshold"],
+        "window": detector["window"],
+        "detector": {"threshold": detector["threshold"], "recent": detector["recent"]},
+    }
     _, _, restored, _ = planar("paper")
     restored.load_state_dict(legacy)
     assert states_equal(restored.state_dict(), scheduler.state_dict())
@@ -143,8 +152,11 @@ def test_a_version_2_checkpoint_loads_as_dropping_until_the_floor_and_not_conver
     _, _, scheduler, walk = planar(small_trend(), delay=2)
     scripted_run(scheduler.step, walk, [30.0, 31.0, 32.0, 32.5, 33.0])
     state = scheduler.state_dict()
-    legacy = {key: value for key, value in state.items()
-              if key not in ("max_drops", "converged", "write_back_due", "intervals", "_step_count", "_last_lr")}
+    legacy = {
+        key: value
+        for key, value in state.items()
+        if key not in ("max_drops", "converged", "write_back_due", "intervals", "_step_count", "_last_lr")
+    }
     legacy.update(step_count=state["_step_count"] - 1, last_lr=state["_last_lr"])
     _, _, restored, _ = planar(small_trend(), max_drops=3)
     restored.load_state_dict({**legacy, "version": 2})

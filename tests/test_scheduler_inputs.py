@@ -6,10 +6,10 @@ import io
 import numpy as np
 import pytest
 import torch
-
-from autodrop import AutoDrop, AngularVelocity
 from states import states_equal
 from trajectories import PlanarWalk, scripted_run
+
+from autodrop import AngularVelocity, AutoDrop
 
 EAGER = dict(detector="paper", threshold=180.0, max_threshold=180.0, delay=2, factor=0.5)
 
@@ -135,12 +135,15 @@ def test_a_checkpoint_with_a_huge_window_is_refused_before_anything_changes():
     assert states_equal(scheduler.state_dict(), before)
 
 
-@pytest.mark.parametrize("bad, error, message", [
-    (torch.zeros(3), TypeError, "a single tensor"),
-    ([1.0, 2.0], TypeError, r"params\[0\] must be a tensor, got float"),
-    ("weights", TypeError, r"params\[0\] must be a tensor, got str"),
-    ([{"params": [torch.zeros(2)]}], TypeError, r"params\[0\] must be a tensor, got dict"),
-])
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (torch.zeros(3), TypeError, "a single tensor"),
+        ([1.0, 2.0], TypeError, r"params\[0\] must be a tensor, got float"),
+        ("weights", TypeError, r"params\[0\] must be a tensor, got str"),
+        ([{"params": [torch.zeros(2)]}], TypeError, r"params\[0\] must be a tensor, got dict"),
+    ],
+)
 def test_angular_velocity_names_what_it_cannot_measure(bad, error, message):
     with pytest.raises(error, match=message):
         AngularVelocity(bad)

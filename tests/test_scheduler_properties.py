@@ -9,11 +9,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from autodrop import AutoDrop, TrendTest
-
 from states import MUTATIONS, load_exactly_or_fail_cleanly, mutated, paths, states_equal
 from trajectories import PlanarWalk
+
+from autodrop import AutoDrop, TrendTest
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -69,7 +68,9 @@ def test_invariants_hold_over_random_omega_sequences_and_faults(config, script):
         assert previous_threshold <= scheduler.threshold <= kwargs["max_threshold"]
         assert len(scheduler.history) == steps and record["interval"] == steps
         if interval in ("nan", "stay"):
-            assert record["event"] == "skipped" and record["reason"] == ("nonfinite" if interval == "nan" else "zero_step")
+            assert record["event"] == "skipped" and record["reason"] == (
+                "nonfinite" if interval == "nan" else "zero_step"
+            )
         k = scheduler.delay_count
         if scheduler.averager.active:
             assert scheduler.pending and scheduler.averager.total_weight == k * (k + 1) / 2

@@ -14,12 +14,12 @@ import signal
 
 import pytest
 import torch
+from states import states_equal
 
 from autodrop import AutoDrop
 from autodrop.averaging import WeightedAverage
 from autodrop.detectors import PaperRule
 from autodrop.trajectory import ParameterTrajectory
-from states import states_equal
 
 EPOCHS = 10
 # Saturated at every chance: trigger 3, drop 4, trigger 5, drop 6, trigger 7, converged 8.
@@ -38,7 +38,9 @@ def data():
 
 def build(state=None):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, _ = data()
     refresh = lambda: torch.optim.swa_utils.update_bn([x[i : i + 32] for i in range(0, 128, 32)], model)  # noqa: E731
@@ -156,7 +158,9 @@ POINTS = [
 
 
 @pytest.mark.parametrize("owner, name", POINTS, ids=[f"{o.__name__}.{n}" for o, n in POINTS])
-def test_an_exception_at_any_point_before_the_commit_leaves_the_state_before_the_step(reference, monkeypatch, owner, name):
+def test_an_exception_at_any_point_before_the_commit_leaves_the_state_before_the_step(
+    reference, monkeypatch, owner, name
+):
     for epoch in range(EPOCHS):
         fault = raising(monkeypatch, owner, name)
         stepped = interrupted_run(reference, epoch, fault)

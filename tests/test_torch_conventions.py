@@ -10,10 +10,10 @@ import warnings
 
 import pytest
 import torch
+from states import states_equal
 from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, LinearLR, SequentialLR, StepLR
 
 from autodrop import AutoDrop
-from states import states_equal
 
 LR = 0.1
 # AutoDrop saturated at every chance: trigger at its 3rd interval, drop at its 4th, ...
@@ -89,7 +89,9 @@ def test_stepping_after_the_optimizer_warns_nothing_and_reports_the_optimizers_l
 def test_stepping_before_the_optimizer_warns_naming_the_call_order(make):
     # torch's: a UserWarning from its optimizer-step counter; AutoDrop's: the interval measured no movement
     _, _, scheduler = build(make)
-    with pytest.warns(Warning, match=r"step\(\)` before `optimizer\.step\(\)|step\(\) called before optimizer\.step\(\)"):
+    with pytest.warns(
+        Warning, match=r"step\(\)` before `optimizer\.step\(\)|step\(\) called before optimizer\.step\(\)"
+    ):
         scheduler.step()
 
 
@@ -150,8 +152,15 @@ def test_compositions_resume_from_a_checkpoint_of_every_epoch_exactly(name):
             train_epoch(model, optimizer)
             scheduler.step()
             reference_lrs.append(float(optimizer.param_groups[0]["lr"]))
-            checkpoints.append(through_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                   "scheduler": scheduler.state_dict()}))
+            checkpoints.append(
+                through_torch_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                    }
+                )
+            )
     final = [p.detach().clone() for p in model.parameters()]
     for epoch, saved in enumerate(checkpoints[:-1]):
         resumed_model, resumed_optimizer, resumed = build(compose)
@@ -194,7 +203,9 @@ def test_stepping_after_every_optimizer_step_warns_once_unless_that_is_intended(
     with pytest.warns(RuntimeWarning, match="followed every optimizer step for 10 intervals") as caught:
         for start in range(0, 64 * 4, 16):
             optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(X[start % 64 : start % 64 + 16]), Y[start % 64 : start % 64 + 16]).backward()
+            torch.nn.functional.mse_loss(
+                model(X[start % 64 : start % 64 + 16]), Y[start % 64 : start % 64 + 16]
+            ).backward()
             optimizer.step()
             scheduler.step()
     assert len([w for w in caught if "followed every" in str(w.message)]) == 1

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from trajectories import angle64, flat64
 
 import autodrop.trajectory as trajectory_module
 from autodrop.trajectory import CPU_REDUCTION_CHUNK, ParameterTrajectory
-
-from trajectories import angle64, flat64
 
 pytestmark = pytest.mark.usefixtures("stepping")
 
@@ -142,6 +141,8 @@ def test_reductions_stay_accurate_over_millions_of_elements():
     np.testing.assert_allclose(stats.dot, float(s2 @ s1), rtol=1e-6)
     np.testing.assert_allclose(stats.norm_sq, float(s2 @ s2), rtol=1e-6)
     np.testing.assert_allclose(stats.previous_norm_sq, float(s1 @ s1), rtol=1e-6)
+
+
 def bits(tensors):
     """The exact bit patterns of float tensors (equal bits, not just equal values)."""
     return [t.detach().clone().view(torch.uint8) for t in tensors]
@@ -219,7 +220,12 @@ def test_reduction_chunks_cover_every_element_once():
     params = [torch.zeros(2), torch.zeros(1), torch.zeros(9), torch.zeros(3), torch.zeros(2)]
     plan = ParameterTrajectory(params).buckets[0]._chunk_plan(4)
     assert [covered for _, _, covered in plan] == [
-        [(0, 0, 2), (1, 0, 1)], [(2, 0, 4)], [(2, 4, 8)], [(2, 8, 9)], [(3, 0, 3)], [(4, 0, 2)],
+        [(0, 0, 2), (1, 0, 1)],
+        [(2, 0, 4)],
+        [(2, 4, 8)],
+        [(2, 8, 9)],
+        [(3, 0, 3)],
+        [(4, 0, 2)],
     ]
     assert [(start, stop) for start, stop, _ in plan] == [(0, 3), (3, 7), (7, 11), (11, 12), (12, 15), (15, 17)]
 
@@ -325,16 +331,19 @@ def test_a_state_of_another_model_with_the_same_size_is_refused():
     trajectory.load_state_dict(legacy)  # saved before shapes were recorded: checked per bucket
 
 
-@pytest.mark.parametrize("bad, error, message", [
-    (torch.zeros(3), TypeError, "a single tensor"),
-    (3.0, TypeError, "an iterable of tensors, got float"),
-    ([1.0, 2.0], TypeError, r"params\[0\] must be a tensor, got float"),
-    ([{"params": [torch.zeros(2)]}], TypeError, r"params\[0\] must be a tensor, got dict"),
-    ([torch.zeros(2, dtype=torch.complex64)], TypeError, "complex64; AutoDrop measures float16"),
-    ([torch.zeros(2, dtype=torch.int64)], TypeError, "int64"),
-    ([torch.zeros(2).to_sparse()], TypeError, "layout torch.sparse_coo"),
-    ([torch.zeros(2, device="meta")], ValueError, "meta device"),
-])
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (torch.zeros(3), TypeError, "a single tensor"),
+        (3.0, TypeError, "an iterable of tensors, got float"),
+        ([1.0, 2.0], TypeError, r"params\[0\] must be a tensor, got float"),
+        ([{"params": [torch.zeros(2)]}], TypeError, r"params\[0\] must be a tensor, got dict"),
+        ([torch.zeros(2, dtype=torch.complex64)], TypeError, "complex64; AutoDrop measures float16"),
+        ([torch.zeros(2, dtype=torch.int64)], TypeError, "int64"),
+        ([torch.zeros(2).to_sparse()], TypeError, "layout torch.sparse_coo"),
+        ([torch.zeros(2, device="meta")], ValueError, "meta device"),
+    ],
+)
 def test_what_cannot_be_measured_is_refused_at_construction(bad, error, message):
     with pytest.raises(error, match=message):
         ParameterTrajectory(bad)

@@ -3,11 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from trajectories import PlanarWalk, angle64, flat64
 
 from autodrop import AngularVelocity
 from autodrop.velocity import angle_degrees
-
-from trajectories import PlanarWalk, angle64, flat64
 
 pytestmark = pytest.mark.usefixtures("stepping")
 

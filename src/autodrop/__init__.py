@@ -13,10 +13,10 @@ Wadi, Fredette, Senecal, arXiv 2301.10133); ``AdaBelief`` is their AdaBelief bas
 framework integrations live in ``autodrop.integrations`` and import lazily.
 """
 
-from .optim import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD, AdaBelief
 from .detectors import Detector, PaperRule, TrendTest
 from .history_log import write_history_csv, write_history_tensorboard
 from .nqm import NoisyQuadratic
+from .optim import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD, AdaBelief
 from .scheduler import AutoDrop
 from .sharded_state import ShardedState
 from .velocity import AngularVelocity

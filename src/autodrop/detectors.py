@@ -68,7 +68,9 @@ def _check_omegas(name: str, values: Any, maximum: int) -> list[float]:
     values = check_list(name, values)
     if len(values) > maximum:
         raise ValueError(f"{name} has {len(values)} values, at most {maximum} are kept")
-    return [check_real(f"{name}[{i}]", v, "an omega in [0, 180]", lambda v: 0 <= v <= 180) for i, v in enumerate(values)]
+    return [
+        check_real(f"{name}[{i}]", v, "an omega in [0, 180]", lambda v: 0 <= v <= 180) for i, v in enumerate(values)
+    ]
 
 
 class PaperRule:
@@ -116,8 +118,11 @@ class PaperRule:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "threshold": self.threshold, "max_threshold": self.max_threshold,
-            "window": self.window, "recent": list(self._recent),
+            "name": self.name,
+            "threshold": self.threshold,
+            "max_threshold": self.max_threshold,
+            "window": self.window,
+            "recent": list(self._recent),
         }
 
     def check_state(self, state: Any, name: str = "detector state") -> None:
@@ -143,8 +148,9 @@ def _optional_int(value: Any) -> int | None:
 def _check_keys(name: str, state: Any, detector: str, keys: tuple[str, ...]) -> None:
     """``state`` is a dict of detector ``detector`` (its name checked first) with exactly ``keys`` besides."""
     if isinstance(state, Mapping) and "name" in state and state["name"] != detector:
-        raise ValueError(f"{name}['name'] is {state['name']!r}: a checkpoint of another detector "
-                         f"(this scheduler's is {detector!r})")
+        raise ValueError(
+            f"{name}['name'] is {state['name']!r}: a checkpoint of another detector (this scheduler's is {detector!r})"
+        )
     check_keys(name, state, ("name", *keys))
 
 
@@ -288,8 +294,9 @@ class TrendTest:
         self.min_intervals = check_int("min_intervals", min_intervals, 3, self.window)
         self.patience = check_int("patience", patience, 1)
         self.max_wait = None if max_wait is None else check_int("max_wait", max_wait, self.min_intervals)
-        self.wait_factor = None if wait_factor is None else check_real("wait_factor", wait_factor, "> 0",
-                                                                         lambda v: v > 0)
+        self.wait_factor = (
+            None if wait_factor is None else check_real("wait_factor", wait_factor, "> 0", lambda v: v > 0)
+        )
         self.first_phase: int | None = None
         self._start_phase()
 
@@ -298,9 +305,17 @@ class TrendTest:
 
     def _phase_start(self) -> dict[str, Any]:
         """The attributes of a phase with no omega yet."""
-        return {"_recent": deque(maxlen=self.window), "length": 0, "passes": 0, "peak_slope": 0.0,
-                "threshold": self.tolerance / self.horizon, "fired_at": None, "slope": None, "delta": None,
-                "noise": None}
+        return {
+            "_recent": deque(maxlen=self.window),
+            "length": 0,
+            "passes": 0,
+            "peak_slope": 0.0,
+            "threshold": self.tolerance / self.horizon,
+            "fired_at": None,
+            "slope": None,
+            "delta": None,
+            "noise": None,
+        }
 
     @property
     def wait(self) -> int | None:
@@ -313,8 +328,13 @@ class TrendTest:
     def _measure(self, recent: deque[float], length: int, peak_slope: float) -> dict[str, Any]:
         """The statistics of a phase with these omegas, as attributes (a pure function of its arguments)."""
         if length < self.min_intervals:
-            return {"slope": None, "delta": None, "noise": None, "peak_slope": peak_slope,
-                    "threshold": max(self.tolerance / self.horizon, self.slowdown * peak_slope)}
+            return {
+                "slope": None,
+                "delta": None,
+                "noise": None,
+                "peak_slope": peak_slope,
+                "threshold": max(self.tolerance / self.horizon, self.slowdown * peak_slope),
+            }
         slope, error, noise = ols_slope(list(recent))
         delta = abs(slope) + student_t_quantile(self.confidence, len(recent) - 2) * error
         peak_slope = max(peak_slope, slope)
@@ -337,8 +357,13 @@ class TrendTest:
         return saturated
 
     def statistics(self) -> dict[str, float | None]:
-        return {"slope": self.slope, "noise": self.noise, "phase": self.length, "passes": self.passes,
-                "wait": self.wait}
+        return {
+            "slope": self.slope,
+            "noise": self.noise,
+            "phase": self.length,
+            "passes": self.passes,
+            "wait": self.wait,
+        }
 
     def on_drop(self, factor: float) -> None:
         first_phase = self.first_phase
@@ -348,15 +373,28 @@ class TrendTest:
 
     def _settings(self) -> dict[str, Any]:
         return {
-            "confidence": self.confidence, "tolerance": self.tolerance, "horizon": self.horizon,
-            "slowdown": self.slowdown, "window": self.window, "min_intervals": self.min_intervals,
-            "patience": self.patience, "max_wait": self.max_wait, "wait_factor": self.wait_factor,
+            "confidence": self.confidence,
+            "tolerance": self.tolerance,
+            "horizon": self.horizon,
+            "slowdown": self.slowdown,
+            "window": self.window,
+            "min_intervals": self.min_intervals,
+            "patience": self.patience,
+            "max_wait": self.max_wait,
+            "wait_factor": self.wait_factor,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self._settings(), "recent": list(self._recent), "length": self.length,
-                "passes": self.passes, "peak_slope": self.peak_slope, "fired_at": self.fired_at,
-                "first_phase": self.first_phase}
+        return {
+            "name": self.name,
+            **self._settings(),
+            "recent": list(self._recent),
+            "length": self.length,
+            "passes": self.passes,
+            "peak_slope": self.peak_slope,
+            "fired_at": self.fired_at,
+            "first_phase": self.first_phase,
+        }
 
     def check_state(self, state: Any, name: str = "detector state") -> None:
         counters = ("recent", "length", "passes", "peak_slope", "fired_at", "first_phase")
@@ -368,8 +406,10 @@ class TrendTest:
         length = check_int(f"{name}['length']", state["length"], 0)
         recent = _check_omegas(f"{name}['recent']", state["recent"], settings.window)
         if len(recent) != min(length, settings.window):
-            raise ValueError(f"{name}['recent'] has {len(recent)} omegas, expected the last "
-                             f"{min(length, settings.window)} of the phase's {length}")
+            raise ValueError(
+                f"{name}['recent'] has {len(recent)} omegas, expected the last "
+                f"{min(length, settings.window)} of the phase's {length}"
+            )
         check_int(f"{name}['passes']", state["passes"], 0, max(0, length - settings.min_intervals + 1))
         check_real(f"{name}['peak_slope']", state["peak_slope"], ">= 0", lambda v: v >= 0)
         if state["fired_at"] is not None:
@@ -383,8 +423,11 @@ class TrendTest:
         restored = TrendTest(**{key: state[key] for key in self._settings()})
         recent = deque((float(omega) for omega in state["recent"]), maxlen=restored.window)
         vars(restored).update(
-            restored._measure(recent, int(state["length"]), float(state["peak_slope"])), _recent=recent,
-            length=int(state["length"]), passes=int(state["passes"]), fired_at=_optional_int(state["fired_at"]),
+            restored._measure(recent, int(state["length"]), float(state["peak_slope"])),
+            _recent=recent,
+            length=int(state["length"]),
+            passes=int(state["passes"]),
+            fired_at=_optional_int(state["fired_at"]),
             first_phase=_optional_int(state["first_phase"]),
         )
         vars(self).update(vars(restored))

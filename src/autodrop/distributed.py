@@ -73,13 +73,9 @@ def local_tensor(tensor: Tensor) -> Tensor:
 def _default_group(process_group: Any) -> Any:
     if process_group is not None:
         if dist is None or not dist.is_initialized():
-            raise ValueError(
-                f"process_group={process_group!r} was given but torch.distributed is not initialized"
-            )
+            raise ValueError(f"process_group={process_group!r} was given but torch.distributed is not initialized")
         if not isinstance(process_group, dist.ProcessGroup):
-            raise TypeError(
-                f"process_group must be a torch.distributed.ProcessGroup or None, got {process_group!r}"
-            )
+            raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, got {process_group!r}")
         return process_group
     if dist is not None and dist.is_initialized():
         return dist.group.WORLD
@@ -134,9 +130,7 @@ class ReplicaCounting:
                 "has no value on any single rank; redistribute it to Shard or Replicate"
             )
         coordinate = mesh.get_coordinate()
-        return all(
-            coordinate[dim] == 0 for dim, placement in enumerate(param.placements) if placement.is_replicate()
-        )
+        return all(coordinate[dim] == 0 for dim, placement in enumerate(param.placements) if placement.is_replicate())
 
     def all_reduce(self, totals: Tensor) -> Tensor:
         """Sum ``totals`` (this rank's counted partial sums) over the group; one collective."""

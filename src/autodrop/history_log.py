@@ -24,7 +24,6 @@ from .scheduler import RECORD_KEYS
 __all__ = ["history_scalars", "write_history_csv", "write_history_tensorboard"]
 
 
-
 def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     """The loggable scalars of one history record (names in the module docstring)."""
     scalars = {key: float(record[key]) for key in ("omega", "delta") if record[key] is not None}
@@ -44,7 +43,9 @@ def _check_records(history: Any) -> None:
         raise TypeError(f"history must be a list of AutoDrop history records, got {type(history).__name__}")
     for index, record in enumerate(history):
         if not isinstance(record, Mapping):
-            raise TypeError(f"history[{index}] must be a dict (an AutoDrop history record), got {type(record).__name__}")
+            raise TypeError(
+                f"history[{index}] must be a dict (an AutoDrop history record), got {type(record).__name__}"
+            )
         missing = [key for key in RECORD_KEYS if key not in record]
         if missing:
             raise ValueError(f"history[{index}] lacks {missing}: not an AutoDrop history record")
@@ -70,12 +71,21 @@ def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) ->
         writer = csv.writer(handle)
         writer.writerow(["interval", "omega", "delta", "threshold", "event", "reason", *lr_columns, *extra])
         for record in history:
-            cells = [record["interval"], record["omega"], record["delta"], record["threshold"], record["event"],
-                     record["reason"]]
+            cells = [
+                record["interval"],
+                record["omega"],
+                record["delta"],
+                record["threshold"],
+                record["event"],
+                record["reason"],
+            ]
             lrs = list(record["lrs"]) + [""] * (num_groups - len(record["lrs"]))
             statistics = [record.get(key) for key in extra]
-            writer.writerow(["" if cell is None else cell for cell in cells] + lrs
-                            + ["" if cell is None else cell for cell in statistics])
+            writer.writerow(
+                ["" if cell is None else cell for cell in cells]
+                + lrs
+                + ["" if cell is None else cell for cell in statistics]
+            )
     return path
 
 

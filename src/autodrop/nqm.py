@@ -164,7 +164,8 @@ class NoisyQuadratic:
         return -(lr**3) * (a**3 * var / (2 - lr * a)).sum().item()
 
     def theorem1_cosine(self, lr: float) -> float:
-        r"""Theorem 1's :math:`C^* = -(\alpha/2) \sum a^3 \sigma^2/(2 - \alpha a) \,/\, \sum a^2 \sigma^2/(2 - \alpha a)`."""
+        r"""Theorem 1's cosine,
+        :math:`C^* = -(\alpha/2) \sum a^3 \sigma^2/(2 - \alpha a) \,/\, \sum a^2 \sigma^2/(2 - \alpha a)`."""
         self.check_stable(lr)
         a, var = self.curvature, self.noise
         weights = a**2 * var / (2 - lr * a)

@@ -64,10 +64,29 @@ SINGLE_STEP_WARNING_AFTER = 10
 EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
 STATE_KEYS = (
-    "version", "factor", "min_lrs", "min_lr_per_group", "max_drops", "delay", "average", "on_nonfinite",
-    "max_history", "base_lrs", "last_epoch", "_step_count", "_last_lr", "intervals", "pending", "delay_count",
+    "version",
+    "factor",
+    "min_lrs",
+    "min_lr_per_group",
+    "max_drops",
+    "delay",
+    "average",
+    "on_nonfinite",
+    "max_history",
+    "base_lrs",
+    "last_epoch",
+    "_step_count",
+    "_last_lr",
+    "intervals",
+    "pending",
+    "delay_count",
     "num_drops",
-    "converged", "write_back_due", "history", "detector", "velocity", "averaging",
+    "converged",
+    "write_back_due",
+    "history",
+    "detector",
+    "velocity",
+    "averaging",
 )
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
@@ -83,14 +102,25 @@ def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
     if type(version) is int and version == 1 and {"max_threshold", "window", "detector"} <= set(state):
         upgraded = {key: value for key, value in state.items() if key not in ("max_threshold", "window")}
         detector = state["detector"] if isinstance(state["detector"], Mapping) else {}
-        upgraded["detector"] = {"name": PaperRule.name, "max_threshold": state["max_threshold"],
-                                "window": state["window"], **detector}
+        upgraded["detector"] = {
+            "name": PaperRule.name,
+            "max_threshold": state["max_threshold"],
+            "window": state["window"],
+            **detector,
+        }
         state, version = {**upgraded, "version": 2}, 2
     if type(version) is int and version == 2 and not {"max_drops", "converged", "write_back_due"} & set(state):
         renamed = {key: value for key, value in state.items() if key not in ("step_count", "last_lr")}
-        state = {**renamed, "max_drops": None, "converged": False, "write_back_due": False, "version": 3,
-                 "_step_count": _plus_one(state.get("step_count")), "_last_lr": state.get("last_lr"),
-                 "intervals": state.get("last_epoch")}
+        state = {
+            **renamed,
+            "max_drops": None,
+            "converged": False,
+            "write_back_due": False,
+            "version": 3,
+            "_step_count": _plus_one(state.get("step_count")),
+            "_last_lr": state.get("last_lr"),
+            "intervals": state.get("last_epoch"),
+        }
     return state
 
 
@@ -349,9 +379,7 @@ class AutoDrop(LRScheduler):
         num_groups = len(self.optimizer.param_groups)
         if isinstance(min_lr, (list, tuple)):
             if len(min_lr) != num_groups:
-                raise ValueError(
-                    f"min_lr has {len(min_lr)} values, the optimizer has {num_groups} param groups"
-                )
+                raise ValueError(f"min_lr has {len(min_lr)} values, the optimizer has {num_groups} param groups")
             return [check_real(f"min_lr[{i}]", v, ">= 0", lambda v: v >= 0) for i, v in enumerate(min_lr)]
         return [check_real("min_lr", min_lr, ">= 0", lambda v: v >= 0)] * num_groups
 
@@ -436,16 +464,19 @@ class AutoDrop(LRScheduler):
                 self._start()
                 return
             if isinstance(epoch, (float, Tensor)):
-                raise TypeError(f"AutoDrop.step() takes no metric (it measures the parameters), got {epoch!r}; "
-                                "call scheduler.step() once per epoch")
+                raise TypeError(
+                    f"AutoDrop.step() takes no metric (it measures the parameters), got {epoch!r}; "
+                    "call scheduler.step() once per epoch"
+                )
             raise ValueError(f"epoch must be None (AutoDrop cannot jump to an interval), got {epoch!r}")
         self.finish_write_back()  # a write-back that an exception cut short after an earlier step's commit
         with deferred_signals(), torch.inference_mode(False), torch.no_grad():
             detector_state = self.detector.state_dict()
             try:
                 interval = self._decide()
-                interval.trajectory.commit(interval.measurement, interval.sums if interval.weight else None,
-                                           interval.weight)
+                interval.trajectory.commit(
+                    interval.measurement, interval.sums if interval.weight else None, interval.weight
+                )
             except BaseException:
                 self.detector.load_state_dict(detector_state)
                 raise
@@ -480,8 +511,11 @@ class AutoDrop(LRScheduler):
                 f"interval; it has measured {self.intervals}"
             )
         with deferred_signals(), torch.inference_mode(False), torch.no_grad():
-            trajectory = ParameterTrajectory(self._optimizer_params(), self.velocity.trajectory.snapshot_device,
-                                             self.velocity.trajectory.process_group)
+            trajectory = ParameterTrajectory(
+                self._optimizer_params(),
+                self.velocity.trajectory.snapshot_device,
+                self.velocity.trajectory.process_group,
+            )
             base_lrs, min_lrs = self._group_settings()
             self.velocity.trajectory, self.velocity.omega = trajectory, None
             self.base_lrs, self.min_lrs = base_lrs, min_lrs
@@ -508,10 +542,19 @@ class AutoDrop(LRScheduler):
                 "(on_nonfinite='raise'); the scheduler's state is unchanged"
             )
         interval = _Interval(
-            measurement=measurement, omega=self.velocity.omega_of(measurement.statistics), trajectory=trajectory,
-            sums=sums, total_weight=self.averager.total_weight, base_lrs=base_lrs, min_lrs=min_lrs,
-            lrs=self._current_lrs(), pending=self.pending, delay_count=self.delay_count,
-            num_drops=self.num_drops, converged=self._converged, fault=fault,
+            measurement=measurement,
+            omega=self.velocity.omega_of(measurement.statistics),
+            trajectory=trajectory,
+            sums=sums,
+            total_weight=self.averager.total_weight,
+            base_lrs=base_lrs,
+            min_lrs=min_lrs,
+            lrs=self._current_lrs(),
+            pending=self.pending,
+            delay_count=self.delay_count,
+            num_drops=self.num_drops,
+            converged=self._converged,
+            fault=fault,
             statistics=dict.fromkeys(self.detector.statistics()),
         )
         if fault is not None:
@@ -569,11 +612,18 @@ class AutoDrop(LRScheduler):
         self.last_epoch += 1
         self.intervals += 1
         self._last_lr = _param_groups_lrs(self.optimizer)
-        self.history.append({
-            "interval": self.intervals, "omega": interval.omega, "delta": interval.delta,
-            "threshold": self.detector.threshold, "lrs": list(interval.lrs), "event": interval.event,
-            "reason": interval.fault, **interval.statistics,
-        })
+        self.history.append(
+            {
+                "interval": self.intervals,
+                "omega": interval.omega,
+                "delta": interval.delta,
+                "threshold": self.detector.threshold,
+                "lrs": list(interval.lrs),
+                "event": interval.event,
+                "reason": interval.fault,
+                **interval.statistics,
+            }
+        )
         if self.max_history is not None and len(self.history) > self.max_history:
             del self.history[: len(self.history) - self.max_history]
 
@@ -624,7 +674,8 @@ class AutoDrop(LRScheduler):
             "Hugging Face Trainer: autodrop.integrations.transformers.AutoDropCallback, not Trainer(optimizers=...); "
             "in Lightning: 'interval': 'epoch'), or pass AutoDrop(..., interval='steps') if per-step intervals "
             "are intended.",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
 
     def _warn_once(self, fault: str) -> None:
@@ -751,7 +802,9 @@ class AutoDrop(LRScheduler):
             for index, value in enumerate(values):
                 if key == "_last_lr" and isinstance(value, Tensor):  # a group's tensor LR, as torch keeps it
                     if value.numel() != 1:
-                        raise ValueError(f"{name(key)}[{index}] must be a one-element tensor, got shape {tuple(value.shape)}")
+                        raise ValueError(
+                            f"{name(key)}[{index}] must be a one-element tensor, got shape {tuple(value.shape)}"
+                        )
                     value = value.item()
                 check_real(f"{name(key)}[{index}]", value, ">= 0", lambda v: v >= 0)
         for key in ("min_lr_per_group", "average", "pending", "converged", "write_back_due"):
@@ -764,9 +817,13 @@ class AutoDrop(LRScheduler):
         check_int(name("_step_count"), state["_step_count"], 0)
         intervals = check_int(name("intervals"), state["intervals"], 0)
         max_drops = None if state["max_drops"] is None else check_int(name("max_drops"), state["max_drops"], 0)
-        check_int(name("num_drops"), state["num_drops"], 0, intervals if max_drops is None else min(intervals, max_drops))
+        check_int(
+            name("num_drops"), state["num_drops"], 0, intervals if max_drops is None else min(intervals, max_drops)
+        )
         if state["converged"] and state["pending"]:
-            raise ValueError(f"{name('converged')} and {name('pending')} are both True: a converged run has no window open")
+            raise ValueError(
+                f"{name('converged')} and {name('pending')} are both True: a converged run has no window open"
+            )
         if state["pending"]:
             check_int(name("delay_count"), state["delay_count"], 1, delay - 1)
         else:
@@ -778,9 +835,8 @@ class AutoDrop(LRScheduler):
         WeightedAverage.check_state(state["averaging"], self.velocity.trajectory, name("averaging"))
         window_open = state["pending"] and state["average"] and delay > 0
         if state["write_back_due"] and (state["pending"] or not state["average"] or delay == 0):
-            raise ValueError(
-                f"{name('write_back_due')} is True, but the state has {'a pending drop' if state['pending'] else 'no averaging'}"
-            )
+            what = "a pending drop" if state["pending"] else "no averaging"
+            raise ValueError(f"{name('write_back_due')} is True, but the state has {what}")
         holds_sums = window_open or state["write_back_due"]
         if (state["averaging"]["sums"] is not None) != holds_sums:
             raise ValueError(
@@ -816,9 +872,10 @@ class AutoDrop(LRScheduler):
             if not (record["event"] is None or isinstance(record["event"], str)) or record["event"] not in EVENTS:
                 raise ValueError(f"{where}['event'] must be one of {EVENTS}, got {record['event']!r}")
             reasons = REASONS if record["event"] == "skipped" else (None,)
-            if not (record["reason"] is None or isinstance(record["reason"], str)) or record["reason"] not in reasons:
+            reason = record["reason"]
+            if not (reason is None or isinstance(reason, str)) or reason not in reasons:
                 raise ValueError(
-                    f"{where}['reason'] must be one of {reasons} for event {record['event']!r}, got {record['reason']!r}"
+                    f"{where}['reason'] must be one of {reasons} for event {record['event']!r}, got {reason!r}"
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

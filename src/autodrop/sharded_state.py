@@ -90,8 +90,9 @@ class ShardedState:
         check_keys("sharded state['buffers']", buffers, names)
         for name in names:
             if not isinstance(buffers[name], dict):
-                raise TypeError(f"sharded state['buffers'][{name!r}] must be a dict of tensors, "
-                                f"got {type(buffers[name]).__name__}")
+                raise TypeError(
+                    f"sharded state['buffers'][{name!r}] must be a dict of tensors, got {type(buffers[name]).__name__}"
+                )
         if not isinstance(state_dict["meta"], (bytes, bytearray)):
             raise TypeError(f"sharded state['meta'] must be bytes, got {type(state_dict['meta']).__name__}")
         try:

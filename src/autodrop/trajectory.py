@@ -210,7 +210,9 @@ class _Bucket:
         previous = step if self.dtype == torch.float64 else torch.empty_like(step)
         products = []
         for start, stop, now in self._chunks(pieces):
-            d = torch.sub(self.snapshot[start:stop], now, out=step[: stop - start])  # in the buffer dtype, exact in float64
+            d = torch.sub(
+                self.snapshot[start:stop], now, out=step[: stop - start]
+            )  # in the buffer dtype, exact in float64
             d_previous = self.previous[start:stop]
             if previous is not step:
                 d_previous = previous[: stop - start].copy_(d_previous)
@@ -320,8 +322,9 @@ class ParameterTrajectory:
         snapshots = self.views_by_param(self.snapshots())
         steps = self.views_by_param([b.previous for b in self.buckets])
         joined = ParameterTrajectory(params, self.snapshot_device, self.process_group)
-        for p, snapshot, step in zip(joined.params, joined.views(joined.snapshots()),
-                                     joined.views([b.previous for b in joined.buckets])):
+        for p, snapshot, step in zip(
+            joined.params, joined.views(joined.snapshots()), joined.views([b.previous for b in joined.buckets])
+        ):
             if id(p) in snapshots:
                 snapshot.copy_(snapshots[id(p)])
                 step.copy_(steps[id(p)])
@@ -336,9 +339,7 @@ class ParameterTrajectory:
     def views_by_param(self, flats: Sequence[Tensor]) -> dict[int, Tensor]:
         """``id(param)`` -> its view into flat per-bucket vectors laid out like the snapshots."""
         return {
-            id(p): view
-            for b, flat in zip(self.buckets, flats, strict=True)
-            for p, view in zip(b.params, b.views(flat))
+            id(p): view for b, flat in zip(self.buckets, flats, strict=True) for p, view in zip(b.params, b.views(flat))
         }
 
     @property
@@ -444,8 +445,13 @@ class ParameterTrajectory:
             shapes = check_list(f"{name}['shapes']", state["shapes"], len(self.buckets))
             for index, (bucket_shapes, b) in enumerate(zip(shapes, self.buckets)):
                 where = f"{name}['shapes'][{index}]"
-                saved = [[check_int(f"{where}[{i}][{d}]", size, 0) for d, size in enumerate(check_list(f"{where}[{i}]", shape))]
-                         for i, shape in enumerate(check_list(where, bucket_shapes))]
+                saved = [
+                    [
+                        check_int(f"{where}[{i}][{d}]", size, 0)
+                        for d, size in enumerate(check_list(f"{where}[{i}]", shape))
+                    ]
+                    for i, shape in enumerate(check_list(where, bucket_shapes))
+                ]
                 expected = b.full_shapes
                 if saved != expected:
                     raise ValueError(
@@ -459,9 +465,7 @@ class ParameterTrajectory:
         if previous is None and stored != 0:
             raise ValueError(f"{name}['previous_norm_sq'] is None but the stored steps are nonzero")
         if previous is not None and not math.isclose(stored, previous, rel_tol=1e-4):
-            raise ValueError(
-                f"{name}['previous_norm_sq'] is {previous!r} but the stored steps have |d|^2 = {stored!r}"
-            )
+            raise ValueError(f"{name}['previous_norm_sq'] is {previous!r} but the stored steps have |d|^2 = {stored!r}")
 
     @torch.inference_mode(False)
     @torch.no_grad()

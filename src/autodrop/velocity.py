@@ -78,9 +78,7 @@ class AngularVelocity:
         process_group: Any = None,
     ) -> None:
         self.eps = check_real("eps", eps, "> 0", lambda v: v > 0)
-        self.trajectory = ParameterTrajectory(
-            params, check_device("snapshot_device", snapshot_device), process_group
-        )
+        self.trajectory = ParameterTrajectory(params, check_device("snapshot_device", snapshot_device), process_group)
         self.omega: float | None = None
         self.last_statistics: StepStatistics | None = None
 

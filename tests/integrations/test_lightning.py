@@ -28,8 +28,9 @@ LR = 0.1
 
 
 class Regression(L.LightningModule):
-    def __init__(self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True, max_history=None,
-                 schedule=None):
+    def __init__(
+        self, batchnorm: bool = False, after_average=None, with_autodrop: bool = True, max_history=None, schedule=None
+    ):
         super().__init__()
         self.max_history = max_history
         self.schedule = SCHEDULE if schedule is None else schedule
@@ -67,8 +68,15 @@ def fit(root, epochs, ckpt_path=None, callbacks=(), logger=False, **module_kwarg
     module = Regression(**module_kwargs)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     trainer = L.Trainer(
-        max_epochs=epochs, default_root_dir=root, accelerator="cpu", devices=1, logger=logger,
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, callbacks=[checkpoints, *callbacks],
+        max_epochs=epochs,
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[checkpoints, *callbacks],
     )
     trainer.fit(module, train_loader(), ckpt_path=ckpt_path)
     return trainer, module
@@ -101,8 +109,13 @@ def test_fit_resumed_from_ckpt_path_continues_the_same_schedule(tmp_path):
     checkpoint = tmp_path / "first" / "checkpoints" / "epoch=2.ckpt"
     saved = torch.load(checkpoint, weights_only=True)["lr_schedulers"][0]
     assert saved["pending"] and saved["averaging"]["sums"] is not None  # interrupted inside the delay window
-    resumed, _ = fit(tmp_path / "resumed", epochs=6, ckpt_path=checkpoint, callbacks=[AutoDropCallback()],
-                     logger=CSVLogger(tmp_path / "resumed", name="logs"))
+    resumed, _ = fit(
+        tmp_path / "resumed",
+        epochs=6,
+        ckpt_path=checkpoint,
+        callbacks=[AutoDropCallback()],
+        logger=CSVLogger(tmp_path / "resumed", name="logs"),
+    )
 
     reference = scheduler_of(full)
     assert sum(r["event"] == "drop" for r in reference.history) >= 1
@@ -136,8 +149,13 @@ def trend_schedule():
 
 
 def test_the_default_detector_logs_its_statistics_and_resumes_inside_a_phase(tmp_path):
-    full, _ = fit(tmp_path / "full", epochs=12, callbacks=[AutoDropCallback()],
-                  logger=CSVLogger(tmp_path / "full", name="logs"), schedule=trend_schedule())
+    full, _ = fit(
+        tmp_path / "full",
+        epochs=12,
+        callbacks=[AutoDropCallback()],
+        logger=CSVLogger(tmp_path / "full", name="logs"),
+        schedule=trend_schedule(),
+    )
     history = scheduler_of(full).history
     assert sum(r["event"] == "drop" for r in history) >= 2
     for row, record in zip(logged_rows(full), history, strict=True):
@@ -154,8 +172,9 @@ def test_the_default_detector_logs_its_statistics_and_resumes_inside_a_phase(tmp
 
 
 def test_callback_logs_every_interval_when_the_history_is_capped(tmp_path):
-    trainer, _ = fit(tmp_path, epochs=5, callbacks=[AutoDropCallback()], logger=CSVLogger(tmp_path, name="logs"),
-                     max_history=2)
+    trainer, _ = fit(
+        tmp_path, epochs=5, callbacks=[AutoDropCallback()], logger=CSVLogger(tmp_path, name="logs"), max_history=2
+    )
     history = scheduler_of(trainer).history
     rows = logged_rows(trainer)
     assert [r["interval"] for r in history] == [4, 5] and len(rows) == 5
@@ -169,8 +188,9 @@ def batchnorm_buffers(module):
 
 def test_callback_refreshes_batchnorm_statistics_after_the_averaging_drop(tmp_path):
     # 4 epochs: the run ends on the averaging drop, so the final statistics are the refreshed ones
-    refreshed_trainer, refreshed = fit(tmp_path / "a", epochs=4, callbacks=[AutoDropCallback(refresh_batchnorm=True)],
-                                       batchnorm=True)
+    refreshed_trainer, refreshed = fit(
+        tmp_path / "a", epochs=4, callbacks=[AutoDropCallback(refresh_batchnorm=True)], batchnorm=True
+    )
     assert scheduler_of(refreshed_trainer).history[-1]["event"] == "drop"
     expected = copy.deepcopy(refreshed)
     torch.optim.swa_utils.update_bn(train_loader(), expected)
@@ -206,24 +226,39 @@ def test_callback_arguments_are_checked():
 def test_stop_when_converged_ends_the_fit_and_resumes_across_the_converged_state(tmp_path):
     # SCHEDULE triggers at every chance: trigger 3, drop 4, trigger 5, converged 6 with max_drops=1.
     schedule = {**SCHEDULE, "max_drops": 1}
-    full, _ = fit(tmp_path / "full", epochs=20, callbacks=[AutoDropCallback(stop_when_converged=True)],
-                  schedule=schedule)
+    full, _ = fit(
+        tmp_path / "full", epochs=20, callbacks=[AutoDropCallback(stop_when_converged=True)], schedule=schedule
+    )
     reference = scheduler_of(full)
     assert reference.converged and full.current_epoch == 6
     assert [(r["interval"], r["event"]) for r in reference.history if r["event"]] == [
-        (3, "trigger"), (4, "drop"), (5, "trigger"), (6, "converged")]
+        (3, "trigger"),
+        (4, "drop"),
+        (5, "trigger"),
+        (6, "converged"),
+    ]
 
     inside = tmp_path / "full" / "checkpoints" / "epoch=4.ckpt"  # inside the final window
     assert torch.load(inside, weights_only=True)["lr_schedulers"][0]["pending"]
-    resumed, _ = fit(tmp_path / "resumed", epochs=20, ckpt_path=inside,
-                     callbacks=[AutoDropCallback(stop_when_converged=True)], schedule=schedule)
+    resumed, _ = fit(
+        tmp_path / "resumed",
+        epochs=20,
+        ckpt_path=inside,
+        callbacks=[AutoDropCallback(stop_when_converged=True)],
+        schedule=schedule,
+    )
     assert resumed.current_epoch == 6 and scheduler_of(resumed).history == reference.history
     for a, b in zip(resumed.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
         assert torch.equal(a, b)
 
     after = tmp_path / "full" / "checkpoints" / "epoch=5.ckpt"  # converged
-    again, _ = fit(tmp_path / "again", epochs=20, ckpt_path=after,
-                   callbacks=[AutoDropCallback(stop_when_converged=True)], schedule=schedule)
+    again, _ = fit(
+        tmp_path / "again",
+        epochs=20,
+        ckpt_path=after,
+        callbacks=[AutoDropCallback(stop_when_converged=True)],
+        schedule=schedule,
+    )
     assert again.current_epoch == 6 and scheduler_of(again).history == reference.history  # stops before training
     for a, b in zip(again.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -259,9 +294,17 @@ class TwoOptimizers(L.LightningModule):
 def test_two_autodrops_are_logged_each_under_its_own_prefix(tmp_path):
     L.seed_everything(0, verbose=False)
     callback = AutoDropCallback()
-    trainer = L.Trainer(max_epochs=5, default_root_dir=tmp_path, accelerator="cpu", devices=1,
-                        logger=CSVLogger(tmp_path, name="logs"), enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=1, callbacks=[callback])
+    trainer = L.Trainer(
+        max_epochs=5,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[callback],
+    )
     trainer.fit(TwoOptimizers(), train_loader())
     assert callback.scheduler is None and len(callback.schedulers) == 2
     with open(trainer.logger.experiment.metrics_file_path, newline="") as handle:
@@ -288,8 +331,16 @@ def test_warmup_then_autodrop_reaches_the_base_lr_and_resumes_from_every_epoch(t
         L.seed_everything(0, verbose=False)
         checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1)
         callback = AutoDropCallback()
-        trainer = L.Trainer(max_epochs=epochs, default_root_dir=root, accelerator="cpu", devices=1, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoints, callback])
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            default_root_dir=root,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[checkpoints, callback],
+        )
         trainer.fit(Warmup(), train_loader(), ckpt_path=ckpt_path)
         return trainer, callback.scheduler
 
@@ -298,7 +349,9 @@ def test_warmup_then_autodrop_reaches_the_base_lr_and_resumes_from_every_epoch(t
     assert lrs[0] == LR and len(autodrop.history) == 10 - 3  # the warmup's epochs are not AutoDrop's intervals
     assert autodrop.num_drops >= 1
     for epoch in range(9):  # warmup epochs included
-        resumed, resumed_autodrop = run(tmp_path / f"resumed{epoch}", 10, tmp_path / "full" / "checkpoints" / f"epoch={epoch}.ckpt")
+        resumed, resumed_autodrop = run(
+            tmp_path / f"resumed{epoch}", 10, tmp_path / "full" / "checkpoints" / f"epoch={epoch}.ckpt"
+        )
         assert resumed_autodrop.history == autodrop.history, epoch
         for a, b in zip(resumed.lightning_module.parameters(), full.lightning_module.parameters(), strict=True):
             assert torch.equal(a, b), epoch

@@ -78,9 +78,21 @@ class StopAfterEpochs(TrainerCallback):
 
 def make_trainer(output_dir, epochs=5, scheduler_type="constant", max_steps=-1, **overrides):
     settings = dict(
-        output_dir=str(output_dir), num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=32,
-        learning_rate=LR, lr_scheduler_type=scheduler_type, optim="sgd", weight_decay=0.0, save_strategy="epoch",
-        logging_steps=1, report_to="none", use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=32,
+        learning_rate=LR,
+        lr_scheduler_type=scheduler_type,
+        optim="sgd",
+        weight_decay=0.0,
+        save_strategy="epoch",
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
     )
     args = TrainingArguments(**{**settings, **overrides})
     torch.manual_seed(0)
@@ -176,8 +188,12 @@ def test_a_schedule_that_would_fight_autodrop_is_refused(tmp_path):
 
     trainer = make_trainer(tmp_path)
     optimizer = torch.optim.SGD(trainer.model.parameters(), lr=LR)
-    trainer = Trainer(model=trainer.model, args=trainer.args, train_dataset=Regression(),
-                      optimizers=(optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=4)))
+    trainer = Trainer(
+        model=trainer.model,
+        args=trainer.args,
+        train_dataset=Regression(),
+        optimizers=(optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=4)),
+    )
     trainer.add_callback(AutoDropCallback(trainer))
     with pytest.raises(ValueError, match="got StepLR"):
         trainer.train()
@@ -209,7 +225,11 @@ def test_stop_when_converged_ends_training_and_resumes_across_the_converged_stat
     full.train()
     history = full_callback.scheduler.history
     assert [(r["interval"], r["event"]) for r in history if r["event"]] == [
-        (3, "trigger"), (4, "drop"), (5, "trigger"), (6, "converged")]
+        (3, "trigger"),
+        (4, "drop"),
+        (5, "trigger"),
+        (6, "converged"),
+    ]
     assert full.state.global_step == 6 * STEPS_PER_EPOCH and len(history) == 6
     assert [entry["autodrop/converged"] for entry in autodrop_logs(full)] == [0.0] * 5 + [1.0]
 
@@ -271,8 +291,12 @@ def test_the_documented_custom_scheduler_route_warns_that_it_steps_per_optimizer
 
     trainer = make_trainer(tmp_path, epochs=2, save_strategy="no")
     optimizer = torch.optim.SGD(trainer.model.parameters(), lr=LR)
-    trainer = Trainer(model=trainer.model, args=trainer.args, train_dataset=Regression(),
-                      optimizers=(optimizer, AutoDrop(optimizer, delay=2)))
+    trainer = Trainer(
+        model=trainer.model,
+        args=trainer.args,
+        train_dataset=Regression(),
+        optimizers=(optimizer, AutoDrop(optimizer, delay=2)),
+    )
     with pytest.warns(RuntimeWarning, match="followed every optimizer step for 10 intervals.*AutoDropCallback"):
         trainer.train()
 

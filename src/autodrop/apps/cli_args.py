@@ -31,6 +31,7 @@ def int_at_least(option: str, minimum: int) -> Callable[[str], int]:
 
 def real(option: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
     """A finite number with ``ok(value)``; ``allowed`` says which, for the message."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -45,6 +46,7 @@ def real(option: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[st
 
 def output_folder(option: str) -> Callable[[str], Path]:
     """A folder that exists or can be made, and can be written to (made here, before any work)."""
+
     def parse(text: str) -> Path:
         path = Path(text)
         if path.exists() and not path.is_dir():

@@ -37,26 +37,35 @@ from ..nqm import (
 from .cli_args import int_at_least, output_folder, real
 from .plots import _pyplot
 
-AUTODROP_SETTINGS = {"lr": 0.06, "factor": 0.5, "min_lr": 0.001, "threshold": 0.01, "window": PAPER_WINDOW,
-                     "delay": 0}
+AUTODROP_SETTINGS = {"lr": 0.06, "factor": 0.5, "min_lr": 0.001, "threshold": 0.01, "window": PAPER_WINDOW, "delay": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=output_folder("--out"), default="results/nqm", help="output folder")
-    parser.add_argument("--iterations", type=int_at_least("--iterations", 10), default=20_000,
-                        help="iterations of each fixed-LR run")
-    parser.add_argument("--autodrop-iterations", type=int_at_least("--autodrop-iterations", 10), default=20_000,
-                        help="iterations of the AutoDrop run")
-    parser.add_argument("--momentum", type=real("--momentum", "in [0, 1)", lambda v: 0 <= v < 1), default=0.0,
-                        help="heavy-ball beta (paper: 0, plain GD)")
+    parser.add_argument(
+        "--iterations", type=int_at_least("--iterations", 10), default=20_000, help="iterations of each fixed-LR run"
+    )
+    parser.add_argument(
+        "--autodrop-iterations",
+        type=int_at_least("--autodrop-iterations", 10),
+        default=20_000,
+        help="iterations of the AutoDrop run",
+    )
+    parser.add_argument(
+        "--momentum",
+        type=real("--momentum", "in [0, 1)", lambda v: 0 <= v < 1),
+        default=0.0,
+        help="heavy-ball beta (paper: 0, plain GD)",
+    )
     parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
 
 
 def run(args: argparse.Namespace) -> None:
     problem = NoisyQuadratic.paper()
     fixed = simulate_fixed_lr(problem, PAPER_LEARNING_RATES, args.iterations, args.momentum, args.seed)
-    autodrop = run_autodrop(problem, iterations=args.autodrop_iterations, momentum=args.momentum,
-                            seed=args.seed, **AUTODROP_SETTINGS)
+    autodrop = run_autodrop(
+        problem, iterations=args.autodrop_iterations, momentum=args.momentum, seed=args.seed, **AUTODROP_SETTINGS
+    )
     summary = summarize(problem, fixed, autodrop, args)
     (args.out / "nqm.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
@@ -66,21 +75,28 @@ def run(args: argparse.Namespace) -> None:
     except ImportError:
         written = f"{args.out / 'nqm.json'} (the figures need matplotlib: pip install 'autodrop[plots]')"
 
-    print(f"NQM: n = {problem.dimension}, A = diag(1/10..{problem.dimension}/10), Sigma = A, x_0 = 100; "
-          f"{args.iterations} iterations per LR, momentum {args.momentum}")
+    print(
+        f"NQM: n = {problem.dimension}, A = diag(1/10..{problem.dimension}/10), Sigma = A, x_0 = 100; "
+        f"{args.iterations} iterations per LR, momentum {args.momentum}"
+    )
     print(" lr      predicted  measured  difference (saturation angle, degrees)")
     for row in summary["fixed_lr"]:
-        print(f" {row['lr']:<7g} {row['predicted_angle']:9.3f} {row['measured_angle']:9.3f} "
-              f"{row['angle_difference']:+10.3f}")
+        print(
+            f" {row['lr']:<7g} {row['predicted_angle']:9.3f} {row['measured_angle']:9.3f} "
+            f"{row['angle_difference']:+10.3f}"
+        )
     result = summary["autodrop"]
-    print(f"AutoDrop: {len(result['drops'])} drops at iterations {[d['iteration'] for d in result['drops']]}; "
-          f"final loss {result['final_loss']:.4g} vs fixed-lr {result['lr']} stationary loss "
-          f"{result['fixed_lr_stationary_loss']:.4g} ({result['improvement']:.1f}x lower)")
+    print(
+        f"AutoDrop: {len(result['drops'])} drops at iterations {[d['iteration'] for d in result['drops']]}; "
+        f"final loss {result['final_loss']:.4g} vs fixed-lr {result['lr']} stationary loss "
+        f"{result['fixed_lr_stationary_loss']:.4g} ({result['improvement']:.1f}x lower)"
+    )
     print(f"wrote {written}")
 
 
-def summarize(problem: NoisyQuadratic, fixed: FixedRateRun, autodrop: AutoDropRun,
-              args: argparse.Namespace) -> dict[str, Any]:
+def summarize(
+    problem: NoisyQuadratic, fixed: FixedRateRun, autodrop: AutoDropRun, args: argparse.Namespace
+) -> dict[str, Any]:
     half = len(fixed.inner_product) // 2
     measured_inner = fixed.inner_product[half:].mean(0).tolist()
     angles, losses = fixed.saturation_angle(), fixed.stationary_loss()
@@ -89,16 +105,18 @@ def summarize(problem: NoisyQuadratic, fixed: FixedRateRun, autodrop: AutoDropRu
         moments = problem.stationary_moments(lr, fixed.momentum)
         predicted = problem.predicted_angle(lr, fixed.momentum)
         measured = angles[k]
-        rows.append({
-            "lr": lr,
-            "predicted_angle": predicted,
-            "measured_angle": measured,
-            "angle_difference": measured - predicted,
-            "predicted_inner_product": moments["inner_product"],
-            "measured_inner_product": measured_inner[k],
-            "predicted_stationary_loss": moments["loss"],
-            "measured_stationary_loss": losses[k],
-        })
+        rows.append(
+            {
+                "lr": lr,
+                "predicted_angle": predicted,
+                "measured_angle": measured,
+                "angle_difference": measured - predicted,
+                "predicted_inner_product": moments["inner_product"],
+                "measured_inner_product": measured_inner[k],
+                "predicted_stationary_loss": moments["loss"],
+                "measured_stationary_loss": losses[k],
+            }
+        )
     alpha_0 = fixed.learning_rates.index(AUTODROP_SETTINGS["lr"])
     reference = losses[alpha_0]
     final = autodrop.final_loss()
@@ -145,13 +163,20 @@ def plot_fixed_lr(problem: NoisyQuadratic, fixed: FixedRateRun, path: Path) -> P
         loss_axis.plot(_iterations(fixed.loss[1:], 1), fixed.loss[1:, k], color=colour, lw=0.8, label=f"lr {lr:g}")
         loss_axis.axhline(moments["loss"], color=colour, ls="--", lw=1)
         # omega[j] is the angle between steps j+1 and j+2, known at iteration j+2.
-        omega_axis.plot(_iterations(averaged, 2), averaged[:, k], color=colour, lw=0.8,
-                        label=f"lr {lr:g}: measured {angles[k]:.2f} deg")
+        omega_axis.plot(
+            _iterations(averaged, 2),
+            averaged[:, k],
+            color=colour,
+            lw=0.8,
+            label=f"lr {lr:g}: measured {angles[k]:.2f} deg",
+        )
         omega_axis.axhline(problem.predicted_angle(lr, fixed.momentum), color=colour, ls="--", lw=1)
     loss_axis.set_yscale("log")
     loss_axis.set_ylabel("loss  x'Ax/2")
-    loss_axis.set_title(f"NQM at fixed learning rates (n = {problem.dimension}, A = diag(i/10), Sigma = A)"
-                        + (f", momentum {fixed.momentum:g}" if fixed.momentum else ""))
+    loss_axis.set_title(
+        f"NQM at fixed learning rates (n = {problem.dimension}, A = diag(i/10), Sigma = A)"
+        + (f", momentum {fixed.momentum:g}" if fixed.momentum else "")
+    )
     loss_axis.plot([], [], color="gray", ls="--", label="predicted stationary loss")
     loss_axis.legend(fontsize=8, loc="upper right")
     omega_axis.plot([], [], color="gray", ls="--", label="Theorem 1 saturation angle")
@@ -177,16 +202,26 @@ def plot_autodrop(problem: NoisyQuadratic, autodrop: AutoDropRun, fixed: FixedRa
     loss_axis.plot(range(1, span), fixed.loss[1:span, k], color="tab:gray", lw=0.8, label=f"fixed lr {lr_0:g}")
     loss_axis.plot(range(1, len(autodrop.loss)), autodrop.loss[1:], color="tab:blue", lw=0.8, label="AutoDrop")
     floor = AUTODROP_SETTINGS["min_lr"]
-    loss_axis.axhline(problem.stationary_moments(floor, fixed.momentum)["loss"], color="tab:blue", ls="--", lw=1,
-                      label=f"predicted stationary loss at lr {floor:g}")
+    loss_axis.axhline(
+        problem.stationary_moments(floor, fixed.momentum)["loss"],
+        color="tab:blue",
+        ls="--",
+        lw=1,
+        label=f"predicted stationary loss at lr {floor:g}",
+    )
     loss_axis.set_yscale("log")
     loss_axis.set_ylabel("loss  x'Ax/2")
     loss_axis.legend(fontsize=8, loc="upper right")
 
     # omega is undefined only at the first iteration (one step, no angle yet).
     omegas = torch.tensor([r["omega"] for r in autodrop.history[1:]], dtype=torch.float64)
-    omega_axis.plot(_iterations(omegas, 2), window_mean(omegas, PAPER_WINDOW), color="tab:blue", lw=0.8,
-                    label=f"AutoDrop, omega {PAPER_WINDOW}-iteration mean")
+    omega_axis.plot(
+        _iterations(omegas, 2),
+        window_mean(omegas, PAPER_WINDOW),
+        color="tab:blue",
+        lw=0.8,
+        label=f"AutoDrop, omega {PAPER_WINDOW}-iteration mean",
+    )
     iterations = [r["interval"] for r in autodrop.history]
     lrs = [r["lrs"][0] for r in autodrop.history]
     starts = [1] + [t for t, _ in autodrop.drops]
@@ -209,7 +244,8 @@ def plot_autodrop(problem: NoisyQuadratic, autodrop: AutoDropRun, fixed: FixedRa
     loss_axis.set_title(
         f"AutoDrop on the NQM: lr {lr_0:g}, factor {AUTODROP_SETTINGS['factor']:g}, floor {floor:g}, "
         f"threshold {AUTODROP_SETTINGS['threshold']:g} deg\n"
-        f"drops (dotted) at iterations {', '.join(str(t) for t, _ in autodrop.drops)}", fontsize=10
+        f"drops (dotted) at iterations {', '.join(str(t) for t, _ in autodrop.drops)}",
+        fontsize=10,
     )
     return _save(plt, figure, path)
 

@@ -35,13 +35,20 @@ def plot_history(
     figure, axes = plt.subplots(panels, 1, figsize=(8, 2.6 * panels), sharex=True)
 
     omega_axis, lr_axis = axes[0], axes[1]
-    omega_axis.plot(intervals, [r["omega"] if r["omega"] is not None else float("nan") for r in history],
-                    label="omega (deg)")
+    omega_axis.plot(
+        intervals, [r["omega"] if r["omega"] is not None else float("nan") for r in history], label="omega (deg)"
+    )
     delta_axis = omega_axis.twinx()
-    delta_axis.semilogy(intervals, [r["delta"] if r["delta"] else float("nan") for r in history],
-                        color="tab:gray", alpha=0.6, label="detector statistic (delta)")
-    delta_axis.semilogy(intervals, [r["threshold"] for r in history], color="tab:red", ls="--",
-                        label="its bound (threshold)")
+    delta_axis.semilogy(
+        intervals,
+        [r["delta"] if r["delta"] else float("nan") for r in history],
+        color="tab:gray",
+        alpha=0.6,
+        label="detector statistic (delta)",
+    )
+    delta_axis.semilogy(
+        intervals, [r["threshold"] for r in history], color="tab:red", ls="--", label="its bound (threshold)"
+    )
     delta_axis.set_ylabel("statistic, bound")
     omega_axis.set_ylabel("omega (deg)")
     lines = omega_axis.get_legend_handles_labels()

@@ -124,8 +124,9 @@ class AutoDropCallback(hf.TrainerCallback):
             try:
                 saved = torch.load(path, weights_only=True)
             except Exception as error:
-                raise RuntimeError(f"AutoDrop's state {path} cannot be read ({error}); resume from another "
-                                   "checkpoint") from error
+                raise RuntimeError(
+                    f"AutoDrop's state {path} cannot be read ({error}); resume from another checkpoint"
+                ) from error
             self.scheduler.load_state_dict(saved)
         control.should_training_stop |= self._stopping()
 
@@ -167,8 +168,10 @@ class AutoDropCallback(hf.TrainerCallback):
         if record["event"] in ("drop", "converged"):
             logger.info(
                 "AutoDrop: %s at interval %d (global step %d): lr %.4g",
-                "LR drop" if record["event"] == "drop" else "converged", record["interval"],
-                self.trainer.state.global_step, lrs[0],
+                "LR drop" if record["event"] == "drop" else "converged",
+                record["interval"],
+                self.trainer.state.global_step,
+                lrs[0],
             )
 
 

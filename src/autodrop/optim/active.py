@@ -38,8 +38,8 @@ from torch import Tensor
 from torch.optim import SGD, AdamW, Optimizer, RAdam
 from torch.optim.optimizer import ParamsT
 
-from .adabelief import AdaBelief
 from ..checks import check_bool, check_int, check_keys, check_list, check_real
+from .adabelief import AdaBelief
 
 __all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
 
@@ -86,6 +86,7 @@ _DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay by 
 def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """The ActiveLR keys of ``values``, checked, as plain Python numbers (a numpy scalar in a
     param group would make the optimizer's checkpoint unloadable with ``weights_only=True``)."""
+
     def name(key: str) -> str:
         return key + suffix
 
@@ -95,10 +96,12 @@ def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]
         "steps_per_epoch": None if steps is None else check_int(name("steps_per_epoch"), steps, 1),
         "lr_high": check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0),
         "lr_low": check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1),
-        "max_multiplier": None if high is None else check_real(name("max_multiplier"), high, ">= 1 or None",
-                                                                lambda v: v >= 1),
-        "min_multiplier": None if low is None else check_real(name("min_multiplier"), low, "in (0, 1] or None",
-                                                               lambda v: 0 < v <= 1),
+        "max_multiplier": None
+        if high is None
+        else check_real(name("max_multiplier"), high, ">= 1 or None", lambda v: v >= 1),
+        "min_multiplier": None
+        if low is None
+        else check_real(name("min_multiplier"), low, "in (0, 1] or None", lambda v: 0 < v <= 1),
     }
     if "scale_weight_decay" in values:
         checked["scale_weight_decay"] = check_bool(name("scale_weight_decay"), values["scale_weight_decay"])
@@ -312,7 +315,9 @@ class ActiveLR(Optimizer):
                 warnings.warn(
                     f"{type(self).__name__}: {STEPS_WITHOUT_EPOCH_END} steps and no epoch has ended, so every "
                     "multiplier is still 1 and this runs as its base optimizer: call optimizer.end_epoch() at "
-                    "each epoch's end, or pass steps_per_epoch", RuntimeWarning, stacklevel=2,
+                    "each epoch's end, or pass steps_per_epoch",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
         return loss
 

@@ -119,8 +119,9 @@ class AdaBelief(Optimizer):
             lr = check_real("lr", lr, ">= 0", lambda v: v >= 0)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = tuple(check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1)
-                      for index, beta in enumerate(betas))
+        betas = tuple(
+            check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1) for index, beta in enumerate(betas)
+        )
         defaults = {
             "lr": lr,
             "betas": betas,

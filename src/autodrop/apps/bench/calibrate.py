@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import statistics
-
 import torch
 
-from ..cli_args import int_at_least, real
 from ...detectors import Detector, PaperRule, TrendTest
 from ...nqm import NoisyQuadratic, simulate_fixed_lr
+from ..cli_args import int_at_least, real
 
 __all__ = ["CANDIDATES", "Series", "add_arguments", "fire_interval", "run", "series"]
 
@@ -92,8 +91,11 @@ def series(sigmas: list[float], replications: int, length: int, seed: int = 0) -
     """Every calibration series, deterministic under ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     i = torch.arange(length, dtype=torch.float64)
-    for kind, level, rise, tau in (("rise A10 tau5", 100.0, 10.0, 5.0), ("rise A36 tau9", 108.0, 36.0, 9.0),
-                                   ("after-drop A65 tau22", 95.0, 65.0, 22.0)):
+    for kind, level, rise, tau in (
+        ("rise A10 tau5", 100.0, 10.0, 5.0),
+        ("rise A36 tau9", 108.0, 36.0, 9.0),
+        ("after-drop A65 tau22", 95.0, 65.0, 22.0),
+    ):
         for sigma in sigmas:
             noise = _ar1(generator, (replications, length), sigma)
             yield Series(kind, sigma, (level - rise * torch.exp(-i / tau) + noise).clamp(0, 180), tau * math.log(rise))
@@ -130,14 +132,25 @@ def _row(name: str, data: Series, fires: list[int | None]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--replications", type=int_at_least("--replications", 1), default=200,
-                        help="draws per series (default 200)")
-    parser.add_argument("--sigmas", type=real("--sigmas", ">= 0", lambda v: v >= 0), nargs="+",
-                        default=[0.25, 1.0, 2.0, 3.0], help="omega noise sd in degrees (default 0.25 1 2 3)")
-    parser.add_argument("--length", type=int_at_least("--length", 10), default=100,
-                        help="intervals per series, the budget false alarms are counted in (default 100)")
-    parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0,
-                        help="seed of the synthetic noise (default 0)")
+    parser.add_argument(
+        "--replications", type=int_at_least("--replications", 1), default=200, help="draws per series (default 200)"
+    )
+    parser.add_argument(
+        "--sigmas",
+        type=real("--sigmas", ">= 0", lambda v: v >= 0),
+        nargs="+",
+        default=[0.25, 1.0, 2.0, 3.0],
+        help="omega noise sd in degrees (default 0.25 1 2 3)",
+    )
+    parser.add_argument(
+        "--length",
+        type=int_at_least("--length", 10),
+        default=100,
+        help="intervals per series, the budget false alarms are counted in (default 100)",
+    )
+    parser.add_argument(
+        "--seed", type=int_at_least("--seed", 0), default=0, help="seed of the synthetic noise (default 0)"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -147,7 +160,11 @@ def run(args: argparse.Namespace) -> None:
     for data in series(args.sigmas, args.replications, args.length, args.seed):
         for name, make in CANDIDATES.items():
             print(_row(name, data, [fire_interval(make, row) for row in data.omegas]), flush=True)
-    print("Targets for the default: median within 15 intervals after saturation; never 0 % for sigma <= 3; "
-          "false alarms <= 10 % on the 0.2 deg/interval rise for sigma <= 2.")
-    print("The default's maximum wait makes every phase trigger by interval 60, so it 'fires' on every linear "
-          "series there by design; the test's own false alarms are the 'test alone' rows.")
+    print(
+        "Targets for the default: median within 15 intervals after saturation; never 0 % for sigma <= 3; "
+        "false alarms <= 10 % on the 0.2 deg/interval rise for sigma <= 2."
+    )
+    print(
+        "The default's maximum wait makes every phase trigger by interval 60, so it 'fires' on every linear "
+        "series there by design; the test's own false alarms are the 'test alone' rows."
+    )

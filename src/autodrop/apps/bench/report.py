@@ -40,9 +40,23 @@ from .tasks import TASKS
 __all__ = ["SUMMARY_COLUMNS", "write_report", "write_summary"]
 
 SUMMARY_COLUMNS = (
-    "task", "schedule", "optimizer", "lr", "seed", "epochs", "final_test_error", "best_test_error",
-    "best_epoch", "final_train_loss", "trigger_epochs", "drop_epochs", "diverged", "wall_s", "cpu_s",
-    "device", "threads",
+    "task",
+    "schedule",
+    "optimizer",
+    "lr",
+    "seed",
+    "epochs",
+    "final_test_error",
+    "best_test_error",
+    "best_epoch",
+    "final_train_loss",
+    "trigger_epochs",
+    "drop_epochs",
+    "diverged",
+    "wall_s",
+    "cpu_s",
+    "device",
+    "threads",
 )
 
 Record = dict[str, Any]
@@ -57,8 +71,9 @@ def write_summary(records: Iterable[Record], path: Path) -> Path:
         writer = csv.writer(file)
         writer.writerow(SUMMARY_COLUMNS)
         for record in records:
-            writer.writerow([";".join(map(str, v)) if isinstance(v, list) else v
-                             for v in (record[c] for c in SUMMARY_COLUMNS)])
+            writer.writerow(
+                [";".join(map(str, v)) if isinstance(v, list) else v for v in (record[c] for c in SUMMARY_COLUMNS)]
+            )
     return path
 
 
@@ -164,19 +179,32 @@ def _cells(runs: _Runs) -> list[str]:
             group = runs.by_schedule_lr[(schedule, lr)]
             dropping = group[0]["history"] is not None
             first = [str(r["drop_epochs"][0]) if r["drop_epochs"] else "none" for r in group]
-            rows.append([
-                f"{lr:g}", f"`{schedule}`", len(group),
-                _mean_std([r["final_test_error"] for r in group]) + _diverged(group),
-                "—" if schedule == "step" else _verdict(_paired_to(runs, schedule, "step", lr)),
-                "—" if schedule == "cosine" else _verdict(_paired_to(runs, schedule, "cosine", lr)),
-                ", ".join(first) if dropping else "—",
-                _mean_std([float(len(r["drop_epochs"])) for r in group], 1) if dropping else "—",
-                max(_drop_gap(r) for r in group) if dropping else "—",
-                _mean_std([float(r["best_epoch"]) for r in group], 1),
-            ])
-    header = ["initial LR", "schedule", "seeds", "final test error %", "− step, pp: mean [95 % CI]",
-              "− cosine, pp: mean [95 % CI]", "first drop epoch per seed", "drops per run",
-              "longest epochs without a drop", "epoch of best"]
+            rows.append(
+                [
+                    f"{lr:g}",
+                    f"`{schedule}`",
+                    len(group),
+                    _mean_std([r["final_test_error"] for r in group]) + _diverged(group),
+                    "—" if schedule == "step" else _verdict(_paired_to(runs, schedule, "step", lr)),
+                    "—" if schedule == "cosine" else _verdict(_paired_to(runs, schedule, "cosine", lr)),
+                    ", ".join(first) if dropping else "—",
+                    _mean_std([float(len(r["drop_epochs"])) for r in group], 1) if dropping else "—",
+                    max(_drop_gap(r) for r in group) if dropping else "—",
+                    _mean_std([float(r["best_epoch"]) for r in group], 1),
+                ]
+            )
+    header = [
+        "initial LR",
+        "schedule",
+        "seeds",
+        "final test error %",
+        "− step, pp: mean [95 % CI]",
+        "− cosine, pp: mean [95 % CI]",
+        "first drop epoch per seed",
+        "drops per run",
+        "longest epochs without a drop",
+        "epoch of best",
+    ]
     return _table(header, rows)
 
 
@@ -193,16 +221,24 @@ def _resolution(split: dict[tuple[str, str], _Runs]) -> list[str]:
                     halves.append((interval[2] - interval[1]) / 2)
     if not spreads:
         return []
-    lines = ["## What this evidence can and cannot show", "",
-             f"Final test errors moved from seed to seed by a median sd of {statistics.median(spreads):.2f} pp "
-             f"(range {min(spreads):.2f}-{max(spreads):.2f} over the {len(spreads)} cells with several seeds)."]
+    lines = [
+        "## What this evidence can and cannot show",
+        "",
+        f"Final test errors moved from seed to seed by a median sd of {statistics.median(spreads):.2f} pp "
+        f"(range {min(spreads):.2f}-{max(spreads):.2f} over the {len(spreads)} cells with several seeds).",
+    ]
     if halves:
-        lines[-1] += (f" The paired 95 % intervals against the step schedule have a median half-width of "
-                      f"{statistics.median(halves):.2f} pp: smaller differences cannot be told from noise here.")
-    lines += ["A difference is claimed only where its interval excludes 0; otherwise the tables say "
-              "\"no evidence of a difference\". The same command on another CPU, or with another thread count, "
-              "sums in another order and changes the last digits of every number (and, once two runs diverge, "
-              "more): read single-seed numbers as one draw from that spread, not as a result.", ""]
+        lines[-1] += (
+            f" The paired 95 % intervals against the step schedule have a median half-width of "
+            f"{statistics.median(halves):.2f} pp: smaller differences cannot be told from noise here."
+        )
+    lines += [
+        "A difference is claimed only where its interval excludes 0; otherwise the tables say "
+        '"no evidence of a difference". The same command on another CPU, or with another thread count, '
+        "sums in another order and changes the last digits of every number (and, once two runs diverge, "
+        "more): read single-seed numbers as one draw from that spread, not as a result.",
+        "",
+    ]
     return lines
 
 
@@ -224,13 +260,18 @@ def _goal_check(split: dict[tuple[str, str], _Runs], schedule: str = "autodrop")
             gaps += [_drop_gap(r) for r in group]
     if not cells:
         return []
-    lines = ["## The default detector against the goals", "",
-             f"Over the {cells} task × optimizer × LR cells with `{schedule}` runs:", ""]
+    lines = [
+        "## The default detector against the goals",
+        "",
+        f"Over the {cells} task × optimizer × LR cells with `{schedule}` runs:",
+        "",
+    ]
     lines.append("- Worse than the step schedule beyond the 95 % interval in: " + ("; ".join(worse) or "no cell") + ".")
     if to_cosine:
-        lines.append(f"- Paired difference to cosine, averaged over the {len(to_cosine)} cells that have cosine: "
-                     f"{statistics.mean(to_cosine):+.2f} pp (per cell: "
-                     + ", ".join(f"{d:+.2f}" for d in to_cosine) + ").")
+        lines.append(
+            f"- Paired difference to cosine, averaged over the {len(to_cosine)} cells that have cosine: "
+            f"{statistics.mean(to_cosine):+.2f} pp (per cell: " + ", ".join(f"{d:+.2f}" for d in to_cosine) + ")."
+        )
     lines.append(f"- Longest stretch without a drop in any run: {max(gaps)} epochs (goal: under 60).")
     return lines + [""]
 
@@ -266,8 +307,9 @@ def _stopping(split: dict[tuple[str, str], _Runs]) -> list[str]:
                 candidates.append((f"`{name}`", [(_stop_epochs(r), r["final_test_error"], r) for r in group]))
             derived = [(_converged_at(r, 2), r) for r in autodrop.values() if r["seed"] in step]
             if derived and all(point is not None for point, _ in derived):
-                candidates.append(("`autodrop`, max_drops=2 (its 3rd drop)",
-                                   [(point[0], point[1], r) for point, r in derived]))
+                candidates.append(
+                    ("`autodrop`, max_drops=2 (its 3rd drop)", [(point[0], point[1], r) for point, r in derived])
+                )
             for label, runs_of_row in candidates:
                 if not runs_of_row:
                     continue
@@ -286,27 +328,58 @@ def _stopping(split: dict[tuple[str, str], _Runs]) -> list[str]:
                         if twin is not None:
                             compared += 1
                             identical += twin["test_error"][:e] == r["test_error"]
-                            omega_gap = max([omega_gap] + [abs(a - b) for a, b in zip(twin["omega"][:e], r["omega"])
-                                                           if a is not None and b is not None])
-                rows.append([f"`{task}`", optimizer, f"{lr:g}", label, len(runs_of_row),
-                             ", ".join(map(str, epochs)), f"{100 * (1 - statistics.mean(epochs) / budget):.0f} %",
-                             _mean_std(errors), f"{step_interval[1]:.2f}-{step_interval[2]:.2f}" if step_interval else "—",
-                             _verdict(differences), "met" if early and inside else "missed"])
+                            omega_gap = max(
+                                [omega_gap]
+                                + [
+                                    abs(a - b)
+                                    for a, b in zip(twin["omega"][:e], r["omega"])
+                                    if a is not None and b is not None
+                                ]
+                            )
+                rows.append(
+                    [
+                        f"`{task}`",
+                        optimizer,
+                        f"{lr:g}",
+                        label,
+                        len(runs_of_row),
+                        ", ".join(map(str, epochs)),
+                        f"{100 * (1 - statistics.mean(epochs) / budget):.0f} %",
+                        _mean_std(errors),
+                        f"{step_interval[1]:.2f}-{step_interval[2]:.2f}" if step_interval else "—",
+                        _verdict(differences),
+                        "met" if early and inside else "missed",
+                    ]
+                )
     if not rows:
         return []
-    header = ["task", "optimizer", "initial LR", "row", "seeds", "epochs used per seed", "saved vs the budget",
-              "final test error %", "step at its full budget: 95 % interval of its final error %",
-              "− step, paired, pp: mean [95 % CI]",
-              f"target: every seed ≤ {100 * (1 - SAVING_TARGET):.0f} % of the budget, mean error ≤ the interval's top"]
-    lines = ["## Stopping early: AutoDrop's convergence signal against the full budget and early stopping", "",
-             f"`autodrop-stop` meets the target in {met} of {cells} cells. `step-earlystop` is Lightning's "
-             "`EarlyStopping` on validation loss (patience 10) over the step schedule, with the same budget as a "
-             "cap; its error is the model at the stop (EarlyStopping does not restore the best epoch)."]
+    header = [
+        "task",
+        "optimizer",
+        "initial LR",
+        "row",
+        "seeds",
+        "epochs used per seed",
+        "saved vs the budget",
+        "final test error %",
+        "step at its full budget: 95 % interval of its final error %",
+        "− step, paired, pp: mean [95 % CI]",
+        f"target: every seed ≤ {100 * (1 - SAVING_TARGET):.0f} % of the budget, mean error ≤ the interval's top",
+    ]
+    lines = [
+        "## Stopping early: AutoDrop's convergence signal against the full budget and early stopping",
+        "",
+        f"`autodrop-stop` meets the target in {met} of {cells} cells. `step-earlystop` is Lightning's "
+        "`EarlyStopping` on validation loss (patience 10) over the step schedule, with the same budget as a "
+        "cap; its error is the model at the stop (EarlyStopping does not restore the best epoch).",
+    ]
     if compared:
-        lines[-1] += (f" Each `autodrop-stop` run repeats the `autodrop` run of its seed epoch for epoch until it "
-                      f"stops (test error identical at every epoch in {identical} of {compared} runs, omega within "
-                      f"{omega_gap:.1g} degrees), so the rows read from the `autodrop` runs (convergence at its next "
-                      "drop, which averages as convergence does) are what that `max_drops` would give.")
+        lines[-1] += (
+            f" Each `autodrop-stop` run repeats the `autodrop` run of its seed epoch for epoch until it "
+            f"stops (test error identical at every epoch in {identical} of {compared} runs, omega within "
+            f"{omega_gap:.1g} degrees), so the rows read from the `autodrop` runs (convergence at its next "
+            "drop, which averages as convergence does) are what that `max_drops` would give."
+        )
     return lines + [""] + _table(header, rows)
 
 
@@ -316,21 +389,34 @@ def _comparison(runs: _Runs) -> list[str]:
     for schedule in runs.schedules:
         group = runs.main(schedule)
         paired = [r["final_test_error"] - step[r["seed"]] for r in group if r["seed"] in step]
-        rows.append([
-            f"`{schedule}`",
-            f"{group[0]['lr']:g}",
-            len(group),
-            _mean_std([r["final_test_error"] for r in group]) + _diverged(group),
-            _mean_std([r["best_test_error"] for r in group]),
-            _mean_std([float(r["best_epoch"]) for r in group], 1),
-            _mean_std([r["final_train_loss"] for r in group], 4),
-            "—" if schedule == "step" or not paired else _mean_std(paired),
-            "; ".join(str(r["drop_epochs"]) for r in group) if any(r["drop_epochs"] for r in group) else "—",
-            f"{statistics.mean(r['wall_s'] for r in group):.0f}",
-            f"{statistics.mean(r['cpu_s'] for r in group):.0f}",
-        ])
-    header = ["schedule", "LR", "seeds", "final test error %", "best test error %", "epoch of best",
-              "final train loss", "final − step (paired) pp", "AutoDrop drops per seed", "wall s/run", "CPU s/run"]
+        rows.append(
+            [
+                f"`{schedule}`",
+                f"{group[0]['lr']:g}",
+                len(group),
+                _mean_std([r["final_test_error"] for r in group]) + _diverged(group),
+                _mean_std([r["best_test_error"] for r in group]),
+                _mean_std([float(r["best_epoch"]) for r in group], 1),
+                _mean_std([r["final_train_loss"] for r in group], 4),
+                "—" if schedule == "step" or not paired else _mean_std(paired),
+                "; ".join(str(r["drop_epochs"]) for r in group) if any(r["drop_epochs"] for r in group) else "—",
+                f"{statistics.mean(r['wall_s'] for r in group):.0f}",
+                f"{statistics.mean(r['cpu_s'] for r in group):.0f}",
+            ]
+        )
+    header = [
+        "schedule",
+        "LR",
+        "seeds",
+        "final test error %",
+        "best test error %",
+        "epoch of best",
+        "final train loss",
+        "final − step (paired) pp",
+        "AutoDrop drops per seed",
+        "wall s/run",
+        "CPU s/run",
+    ]
     return _table(header, rows)
 
 
@@ -345,8 +431,12 @@ def _trigger_evidence(runs: _Runs) -> list[str]:
         lines.append(
             f"- `{schedule}` ({', '.join(f'{k} {v}' for k, v in settings.items())}): triggered in "
             f"{len(triggered)} of {len(group)} runs"
-            + (f" (trigger epochs {[r['trigger_epochs'] for r in triggered]}, drop epochs "
-               f"{[r['drop_epochs'] for r in triggered]})" if triggered else "")
+            + (
+                f" (trigger epochs {[r['trigger_epochs'] for r in triggered]}, drop epochs "
+                f"{[r['drop_epochs'] for r in triggered]})"
+                if triggered
+                else ""
+            )
             + "."
         )
         if "passes" in group[0]["history"][0]:
@@ -366,11 +456,15 @@ def _trend_evidence(group: list[Record]) -> list[str]:
             waited = entry["wait"] is not None and entry["phase"] >= entry["wait"]
             by_wait += waited
             by_test += not waited
-    line = (f"  Of the triggers, {by_test} came from the trend test and {by_wait} from the wait (the first "
-            "phase's pacing or `max_wait`).")
+    line = (
+        f"  Of the triggers, {by_test} came from the trend test and {by_wait} from the wait (the first "
+        "phase's pacing or `max_wait`)."
+    )
     if noise:
-        line += (f" The residual sd of omega around its trend (the noise the test sees) had median "
-                 f"{statistics.median(noise):.2f} deg.")
+        line += (
+            f" The residual sd of omega around its trend (the noise the test sees) had median "
+            f"{statistics.median(noise):.2f} deg."
+        )
     return [line]
 
 
@@ -398,12 +492,17 @@ def _paper_evidence(group: list[Record]) -> list[str]:
 
 
 def _sweep(runs: _Runs) -> tuple[list[str], dict[str, list[tuple[float, list[float]]]]]:
-    swept = _order(s for (s, lr) in runs.by_schedule_lr
-                   if len({lr2 for (s2, lr2) in runs.by_schedule_lr if s2 == s}) > 1)
+    swept = _order(
+        s for (s, lr) in runs.by_schedule_lr if len({lr2 for (s2, lr2) in runs.by_schedule_lr if s2 == s}) > 1
+    )
     if not swept:
         return [], {}
-    curves = {s: sorted((lr, [r["final_test_error"] for r in group])
-                        for (s2, lr), group in runs.by_schedule_lr.items() if s2 == s) for s in swept}
+    curves = {
+        s: sorted(
+            (lr, [r["final_test_error"] for r in group]) for (s2, lr), group in runs.by_schedule_lr.items() if s2 == s
+        )
+        for s in swept
+    }
     lrs = sorted({lr for points in curves.values() for lr, _ in points})
     rows = []
     for lr in lrs:
@@ -426,11 +525,21 @@ def _epochs_to_best(runs: _Runs) -> list[str]:
             for r in group:
                 hits = [i + 1 for i, e in enumerate(r["test_error"]) if e <= target]
                 reach.append(str(hits[0]) if hits else "never")
-        rows.append([f"`{schedule}`", _mean_std([float(r["best_epoch"]) for r in group], 1),
-                     ", ".join(reach) if reach else "—", group[0]["epochs"]])
+        rows.append(
+            [
+                f"`{schedule}`",
+                _mean_std([float(r["best_epoch"]) for r in group], 1),
+                ", ".join(reach) if reach else "—",
+                group[0]["epochs"],
+            ]
+        )
     target_text = f"{target:.2f} %" if target is not None else "n/a (no step runs)"
-    header = ["schedule", "epoch of best test error", f"first epoch at or below step's final error ({target_text}), "
-              "per seed", "epochs"]
+    header = [
+        "schedule",
+        "epoch of best test error",
+        f"first epoch at or below step's final error ({target_text}), per seed",
+        "epochs",
+    ]
     return _table(header, rows)
 
 
@@ -455,11 +564,20 @@ def _autodrop_cost(records: list[Record]) -> list[str]:
         train = statistics.median(s for r in timed for s in r["train_s"])
         step = statistics.median(s for r in timed for s in r["autodrop_step_s"])
         overhead = step / train
-        rows.append([f"`{task}`", group[0]["num_params"], f"{len(timed)} of {len(group)}", f"{train:.3g}",
-                     f"{step * 1e3:.3g}", f"{100 * overhead:.3g} %",
-                     "met" if overhead < OVERHEAD_TARGET else "missed"])
-    where = ", ".join(f"{device} with {threads} thread{'s' if threads != 1 else ''} per run"
-                      for device, threads in sorted(setups))
+        rows.append(
+            [
+                f"`{task}`",
+                group[0]["num_params"],
+                f"{len(timed)} of {len(group)}",
+                f"{train:.3g}",
+                f"{step * 1e3:.3g}",
+                f"{100 * overhead:.3g} %",
+                "met" if overhead < OVERHEAD_TARGET else "missed",
+            ]
+        )
+    where = ", ".join(
+        f"{device} with {threads} thread{'s' if threads != 1 else ''} per run" for device, threads in sorted(setups)
+    )
     schedules = ", ".join(f"`{s}`" for s in _order(r["schedule"] for g in tasks.values() for r in g))
     lines = [
         "## AutoDrop's cost per epoch",
@@ -474,11 +592,25 @@ def _autodrop_cost(records: list[Record]) -> list[str]:
         f"{100 * OVERHEAD_TARGET:g} %.",
         "",
     ]
-    lines += _table(["task", "parameters", "AutoDrop runs timed", "median training pass s/epoch",
-                     "median `AutoDrop.step()` ms", "overhead", f"target < {100 * OVERHEAD_TARGET:g} %"], rows)
+    lines += _table(
+        [
+            "task",
+            "parameters",
+            "AutoDrop runs timed",
+            "median training pass s/epoch",
+            "median `AutoDrop.step()` ms",
+            "overhead",
+            f"target < {100 * OVERHEAD_TARGET:g} %",
+        ],
+        rows,
+    )
     if untimed:
-        lines += ["Records without timings (written before runs were timed), left out of the figures above: "
-                  + "; ".join(untimed) + " AutoDrop runs.", ""]
+        lines += [
+            "Records without timings (written before runs were timed), left out of the figures above: "
+            + "; ".join(untimed)
+            + " AutoDrop runs.",
+            "",
+        ]
     return lines
 
 
@@ -513,8 +645,10 @@ def _plot_curves(runs: _Runs, task: str, path: Path) -> Path:
     axes[3].set_ylim(low * 0.9, min(max(errors), low * 3))
     axes[0].legend(fontsize=8, ncol=2)
     axes[-1].set_xlabel("epoch")
-    axes[0].set_title(f"{task}: every schedule at its compared LR, seed {runs.main(runs.schedules[0])[0]['seed']}"
-                      " (dotted: AutoDrop drops)")
+    axes[0].set_title(
+        f"{task}: every schedule at its compared LR, seed {runs.main(runs.schedules[0])[0]['seed']}"
+        " (dotted: AutoDrop drops)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -573,12 +707,26 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
     task_rows, schedule_rows = [], {}
     for name in sorted({r["task"] for r in records}):
         group = [r for r in records if r["task"] == name]
-        task_rows.append([f"`{name}`", TASKS[name].description, group[0]["epochs"], group[0]["batch_size"],
-                          group[0]["num_params"], ", ".join(sorted({r["optimizer"] for r in group}))])
+        task_rows.append(
+            [
+                f"`{name}`",
+                TASKS[name].description,
+                group[0]["epochs"],
+                group[0]["batch_size"],
+                group[0]["num_params"],
+                ", ".join(sorted({r["optimizer"] for r in group})),
+            ]
+        )
         for r in group:
             settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items())
-            schedule_rows.setdefault(r["schedule"], [f"`{r['schedule']}`", SCHEDULES[r["schedule"]].description
-                                                     if r["schedule"] in SCHEDULES else "", settings])
+            schedule_rows.setdefault(
+                r["schedule"],
+                [
+                    f"`{r['schedule']}`",
+                    SCHEDULES[r["schedule"]].description if r["schedule"] in SCHEDULES else "",
+                    settings,
+                ],
+            )
     lines += _table(["task", "data and model", "epochs", "batch", "parameters", "optimizer"], task_rows)
     lines += _table(["schedule", "what", "settings in these runs"], [schedule_rows[s] for s in _order(schedule_rows)])
     lines += [
@@ -609,15 +757,27 @@ def write_report(records: list[Record], out: Path, meta: dict[str, Any]) -> Path
         lines += ["### Epochs to best (paper Fig. 7 analog)", ""] + _epochs_to_best(runs)
         lines += ["### Figures", ""]
         curve_path = _plot_curves(runs, task, figures / f"{label}-curves.png")
-        lines += ["LR, omega, train loss and test error against epochs (paper Fig. 6 analog)."
-                  + _coinciding(runs), "", f"![{task} curves](figures/{curve_path.name})", ""]
+        lines += [
+            "LR, omega, train loss and test error against epochs (paper Fig. 6 analog)." + _coinciding(runs),
+            "",
+            f"![{task} curves](figures/{curve_path.name})",
+            "",
+        ]
         for schedule in runs.schedules:
             record = runs.main(schedule)[0]
             if record["history"] is not None:
-                path = plot_history(record["history"], figures / f"{label}-{schedule}-omega.png",
-                                    record["train_loss"], title=f"{task}: {schedule}, seed {record['seed']}")
-                lines += [f"`{schedule}`: omega, the detector's statistic against its bound (log scale), LR and loss:", "",
-                          f"![{task} {schedule} omega](figures/{path.name})", ""]
+                path = plot_history(
+                    record["history"],
+                    figures / f"{label}-{schedule}-omega.png",
+                    record["train_loss"],
+                    title=f"{task}: {schedule}, seed {record['seed']}",
+                )
+                lines += [
+                    f"`{schedule}`: omega, the detector's statistic against its bound (log scale), LR and loss:",
+                    "",
+                    f"![{task} {schedule} omega](figures/{path.name})",
+                    "",
+                ]
         if curves:
             path = _plot_sweep(curves, task, figures / f"{label}-lr-sweep.png")
             lines += ["Final test error against the initial LR:", "", f"![{task} LR sweep](figures/{path.name})", ""]

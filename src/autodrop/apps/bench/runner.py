@@ -73,25 +73,56 @@ _STOPPING = ("autodrop-stop", "step-earlystop")
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
-        Suite("quick", "real MNIST, MLP 256-256, 60 epochs, 3 seeds: the main job, under 10 minutes on 2 cores "
-              "with --jobs 2", ("mnist-mlp",), ("step", "cosine", "autodrop", "autodrop-paper"), seeds=3,
-              sweep={}, sweep_seeds=1, epochs={"mnist-mlp": 60}),
-        Suite("standard", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 60 epochs, 4 seeds: hours on 2 cores",
-              ("mnist-mlp", "mnist1d-cnn"), _COMPARED + ("activeadamw",), seeds=4,
-              sweep={**_PAPER_SWEEP, "autodrop-smooth": PAPER_LR_FACTORS, "activesgd": ACTIVE_LR_FACTORS},
-              sweep_seeds=4,
-              epochs={"mnist-mlp": 60, "mnist1d-cnn": 60}),
-        Suite("long", "real MNIST MLP and MNIST-1D CNN (BatchNorm), 100 epochs, 3 seeds: the detector protocol "
-              "and the stopping rows (144 runs, 205 CPU-minutes: about 2 h on 2 cores with --jobs 2; AdamW rows with "
-              "--optimizer adamw --lrs 0.001)",
-              ("mnist-mlp", "mnist1d-cnn"), ("step", "cosine", "plateau", "autodrop-paper", "autodrop") + _STOPPING,
-              seeds=3, sweep={**_PAPER_SWEEP, **dict.fromkeys(_STOPPING, PAPER_LR_FACTORS)}, sweep_seeds=3,
-              epochs={"mnist-mlp": 100, "mnist1d-cnn": 100}),
-        Suite("cifar10", "ResNet-18 on CIFAR-10 from --data-dir, 200 epochs, the paper's setting (GPU)",
-              ("cifar10-resnet18",), _COMPARED, seeds=4, sweep=_PAPER_SWEEP, sweep_seeds=4),
-        Suite("tiny", "scikit-learn digits, small CNN with BatchNorm, 3 epochs: a smoke test, "
-              "does not separate schedules", ("digits-cnn",), _COMPARED, seeds=1, sweep=_PAPER_SWEEP,
-              sweep_seeds=1),
+        Suite(
+            "quick",
+            "real MNIST, MLP 256-256, 60 epochs, 3 seeds: the main job, under 10 minutes on 2 cores with --jobs 2",
+            ("mnist-mlp",),
+            ("step", "cosine", "autodrop", "autodrop-paper"),
+            seeds=3,
+            sweep={},
+            sweep_seeds=1,
+            epochs={"mnist-mlp": 60},
+        ),
+        Suite(
+            "standard",
+            "real MNIST MLP and MNIST-1D CNN (BatchNorm), 60 epochs, 4 seeds: hours on 2 cores",
+            ("mnist-mlp", "mnist1d-cnn"),
+            _COMPARED + ("activeadamw",),
+            seeds=4,
+            sweep={**_PAPER_SWEEP, "autodrop-smooth": PAPER_LR_FACTORS, "activesgd": ACTIVE_LR_FACTORS},
+            sweep_seeds=4,
+            epochs={"mnist-mlp": 60, "mnist1d-cnn": 60},
+        ),
+        Suite(
+            "long",
+            "real MNIST MLP and MNIST-1D CNN (BatchNorm), 100 epochs, 3 seeds: the detector protocol "
+            "and the stopping rows (144 runs, 205 CPU-minutes: about 2 h on 2 cores with --jobs 2; AdamW rows with "
+            "--optimizer adamw --lrs 0.001)",
+            ("mnist-mlp", "mnist1d-cnn"),
+            ("step", "cosine", "plateau", "autodrop-paper", "autodrop") + _STOPPING,
+            seeds=3,
+            sweep={**_PAPER_SWEEP, **dict.fromkeys(_STOPPING, PAPER_LR_FACTORS)},
+            sweep_seeds=3,
+            epochs={"mnist-mlp": 100, "mnist1d-cnn": 100},
+        ),
+        Suite(
+            "cifar10",
+            "ResNet-18 on CIFAR-10 from --data-dir, 200 epochs, the paper's setting (GPU)",
+            ("cifar10-resnet18",),
+            _COMPARED,
+            seeds=4,
+            sweep=_PAPER_SWEEP,
+            sweep_seeds=4,
+        ),
+        Suite(
+            "tiny",
+            "scikit-learn digits, small CNN with BatchNorm, 3 epochs: a smoke test, does not separate schedules",
+            ("digits-cnn",),
+            _COMPARED,
+            seeds=1,
+            sweep=_PAPER_SWEEP,
+            sweep_seeds=1,
+        ),
     )
 }
 
@@ -114,8 +145,10 @@ class RunSpec:
     @property
     def key(self) -> str:
         """Identity of the run's result: what it trains, not where."""
-        return (f"{self.task}/{self.schedule}/{self.optimizer}/lr={self.lr:g}/seed={self.seed}/"
-                f"epochs={self.epochs}/batch={self.batch_size}")
+        return (
+            f"{self.task}/{self.schedule}/{self.optimizer}/lr={self.lr:g}/seed={self.seed}/"
+            f"epochs={self.epochs}/batch={self.batch_size}"
+        )
 
 
 def plan_runs(
@@ -150,8 +183,9 @@ def plan_runs(
 
         def spec(schedule: str, lr: float, seed: int) -> RunSpec:
             family = SCHEDULES[schedule].optimizer or optimizer
-            return RunSpec(task_name, schedule, family, lr, seed, task_epochs, task.batch_size,
-                           device, data_dir, cache_dir)
+            return RunSpec(
+                task_name, schedule, family, lr, seed, task_epochs, task.batch_size, device, data_dir, cache_dir
+            )
 
         main_seeds = range(seeds or suite.seeds)
         for schedule in chosen:
@@ -211,8 +245,14 @@ def batchnorm_refresh(model: nn.Module, inputs: Tensor, batch_size: int = 1024) 
 
 def _progress(spec: RunSpec, position: int):
     tqdm = import_optional("tqdm.auto", "bench", "autodrop bench").tqdm
-    return tqdm(total=spec.epochs, position=position, leave=False, dynamic_ncols=True, unit="epoch",
-                desc=f"{spec.task} {spec.schedule} lr={spec.lr:g} seed {spec.seed}")
+    return tqdm(
+        total=spec.epochs,
+        position=position,
+        leave=False,
+        dynamic_ncols=True,
+        unit="epoch",
+        desc=f"{spec.task} {spec.schedule} lr={spec.lr:g} seed {spec.seed}",
+    )
 
 
 def _trigger_epochs(events: list[str | None], autodrop: Any) -> list[int]:
@@ -230,6 +270,55 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+CURVES = (
+    "train_loss", "val_loss", "test_error", "epoch_lr", "omega", "delta", "threshold", "event", "train_s",
+    "autodrop_step_s",
+)  # fmt: skip
+"""The per-epoch lists of a run's record."""
+
+
+def _train_epoch(
+    spec: RunSpec,
+    data: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One pass over the shuffled training set; ``(mean training loss, seconds)``."""
+    order = torch.randperm(len(data.x_train), generator=generator).to(device)
+    total = torch.zeros((), device=device)
+    start_time = _clock(device)
+    for start in range(0, len(order), spec.batch_size):
+        batch = order[start : start + spec.batch_size]
+        inputs = data.x_train[batch]
+        if data.augment is not None:
+            inputs = data.augment(inputs, generator)
+        loss = nn.functional.cross_entropy(model(inputs), data.y_train[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(batch)
+    train_loss = total.item() / len(order)
+    return train_loss, time.perf_counter() - start_time  # .item() waited for the device
+
+
+def _summary(spec: RunSpec, curves: dict[str, list], autodrop: Any, diverged: bool) -> dict[str, Any]:
+    """The record's numbers derived from its curves."""
+    errors = curves["test_error"]
+    best = min(range(len(errors)), key=errors.__getitem__)
+    return {
+        "final_test_error": errors[-1],
+        "best_test_error": errors[best],
+        "best_epoch": best + 1,
+        "final_train_loss": curves["train_loss"][-1],
+        "trigger_epochs": _trigger_epochs(curves["event"], autodrop),
+        "drop_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "drop"],
+        "diverged": diverged,
+        "stopped_epoch": len(errors) if len(errors) < spec.epochs and not diverged else None,
+    }
+
+
 def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     """Train one run and return its record (per-epoch curves and the summary numbers)."""
     torch.manual_seed(spec.seed)
@@ -238,57 +327,39 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     source = DataSource(spec.data_dir and Path(spec.data_dir), spec.cache_dir and Path(spec.cache_dir))
     data = load_task_data(spec.task, source).to(device)
     model = task.model(data).to(device)
-    control = schedule.build(Setup(model, spec.lr, spec.optimizer, spec.epochs,
-                                   batchnorm_refresh(model, data.x_train)))
+    control = schedule.build(Setup(model, spec.lr, spec.optimizer, spec.epochs, batchnorm_refresh(model, data.x_train)))
     optimizer, autodrop = control.optimizer, control.autodrop
     velocity = AngularVelocity(model.parameters()) if autodrop is None else None
     generator = torch.Generator().manual_seed(spec.seed)
-    curves: dict[str, list] = {name: [] for name in
-                               ("train_loss", "val_loss", "test_error", "epoch_lr", "omega", "delta", "threshold", "event",
-                                "train_s", "autodrop_step_s")}
+    curves: dict[str, list] = {name: [] for name in CURVES}
     diverged = False
     wall, cpu = time.perf_counter(), time.process_time()
     with _progress(spec, position) as bar:
         for _ in range(spec.epochs):
-            lr = float(optimizer.param_groups[0]["lr"])
-            order = torch.randperm(len(data.x_train), generator=generator).to(device)
-            total = torch.zeros((), device=device)
-            train_start = _clock(device)
-            for start in range(0, len(order), spec.batch_size):
-                batch = order[start : start + spec.batch_size]
-                inputs = data.x_train[batch]
-                if data.augment is not None:
-                    inputs = data.augment(inputs, generator)
-                loss = nn.functional.cross_entropy(model(inputs), data.y_train[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(batch)
-            train_loss = total.item() / len(order)
-            train_s = time.perf_counter() - train_start  # .item() waited for the device
-            val_loss, _ = evaluate(model, data.x_val, data.y_val)
+            epoch = {"epoch_lr": float(optimizer.param_groups[0]["lr"])}
+            epoch["train_loss"], epoch["train_s"] = _train_epoch(spec, data, model, optimizer, generator, device)
+            epoch["val_loss"], _ = evaluate(model, data.x_val, data.y_val)
             step_start = _clock(device)
-            control.end_epoch(val_loss)
-            step_s = _clock(device) - step_start if autodrop is not None else None
+            control.end_epoch(epoch["val_loss"])
+            epoch["autodrop_step_s"] = _clock(device) - step_start if autodrop is not None else None
             if autodrop is not None:
                 record = autodrop.history[-1]
-                omega, delta, threshold, event = record["omega"], record["delta"], record["threshold"], record["event"]
+                epoch.update((key, record[key]) for key in ("omega", "delta", "threshold", "event"))
             else:
-                omega, delta, threshold, event = velocity.update(), None, None, None
-            _, test_error = evaluate(model, data.x_test, data.y_test)
-            for name, value in zip(curves, (train_loss, val_loss, test_error, lr, omega, delta, threshold, event,
-                                            train_s, step_s)):
-                curves[name].append(value)
-            bar.set_postfix(lr=f"{lr:.2e}", omega="-" if omega is None else f"{omega:.1f}",
-                            err=f"{test_error:.2f}%", refresh=False)
+                epoch.update(omega=velocity.update(), delta=None, threshold=None, event=None)
+            _, epoch["test_error"] = evaluate(model, data.x_test, data.y_test)
+            for name in CURVES:
+                curves[name].append(epoch[name])
+            omega = "-" if epoch["omega"] is None else f"{epoch['omega']:.1f}"
+            bar.set_postfix(
+                lr=f"{epoch['epoch_lr']:.2e}", omega=omega, err=f"{epoch['test_error']:.2f}%", refresh=False
+            )
             bar.update()
-            if not math.isfinite(train_loss):
+            if not math.isfinite(epoch["train_loss"]):
                 diverged = True
                 break
             if control.should_stop():
                 break
-    errors = curves["test_error"]
-    best = min(range(len(errors)), key=errors.__getitem__)
     return {
         "key": spec.key,
         **asdict(spec),
@@ -298,14 +369,7 @@ def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
         "num_params": sum(p.numel() for p in model.parameters()),
         "settings": control.settings,
         **curves,
-        "final_test_error": errors[-1],
-        "best_test_error": errors[best],
-        "best_epoch": best + 1,
-        "final_train_loss": curves["train_loss"][-1],
-        "trigger_epochs": _trigger_epochs(curves["event"], autodrop),
-        "drop_epochs": [i + 1 for i, e in enumerate(curves["event"]) if e == "drop"],
-        "diverged": diverged,
-        "stopped_epoch": len(errors) if len(errors) < spec.epochs and not diverged else None,
+        **_summary(spec, curves, autodrop, diverged),
         "wall_s": time.perf_counter() - wall,
         "cpu_s": time.process_time() - cpu,
     }
@@ -342,8 +406,11 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
             if number == len(lines):
-                warnings.warn(f"{path}: the last line is not complete JSON (an interrupted write; "
-                              f"{len(line)} characters) and is ignored: that run will be repeated", stacklevel=2)
+                warnings.warn(
+                    f"{path}: the last line is not complete JSON (an interrupted write; "
+                    f"{len(line)} characters) and is ignored: that run will be repeated",
+                    stacklevel=2,
+                )
                 break
             raise ValueError(f"{path} line {number} is not JSON ({error}); fix or remove that line") from None
     return records
@@ -401,8 +468,9 @@ def run_all(
             for position in range(jobs):
                 positions.put(position)
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                     initargs=(positions, threads)) as pool:
+            with ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_init_worker, initargs=(positions, threads)
+            ) as pool:
                 for future in as_completed([pool.submit(_run_in_worker, spec) for spec in todo]):
                     finish(future.result())
     return [done[spec.key] for spec in specs]

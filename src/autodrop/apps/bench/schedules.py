@@ -43,8 +43,16 @@ from torch.optim import Optimizer
 from ...optim import ActiveAdamW, ActiveSGD
 from ...scheduler import AutoDrop
 
-__all__ = ["PAPER_DELAY", "PAPER_EPOCHS", "SCHEDULES", "Control", "EarlyStopping", "Schedule", "Setup",
-           "autodrop_delay"]
+__all__ = [
+    "PAPER_DELAY",
+    "PAPER_EPOCHS",
+    "SCHEDULES",
+    "Control",
+    "EarlyStopping",
+    "Schedule",
+    "Setup",
+    "autodrop_delay",
+]
 
 PAPER_EPOCHS = 200
 PAPER_DELAY = 20
@@ -149,8 +157,12 @@ def _step_early_stopping(setup: Setup) -> Control:
         control.end_epoch(val_loss)
         stopping.update(val_loss)
 
-    return Control(control.optimizer, end_epoch, settings={**control.settings, "patience": stopping.patience},
-                   should_stop=lambda: stopping.should_stop)
+    return Control(
+        control.optimizer,
+        end_epoch,
+        settings={**control.settings, "patience": stopping.patience},
+        should_stop=lambda: stopping.should_stop,
+    )
 
 
 def _cosine(setup: Setup) -> Control:
@@ -171,14 +183,16 @@ def _autodrop(stop_when_converged: bool = False, **options: Any) -> Callable[[Se
         settings = {"delay": autodrop_delay(setup.epochs), **options}
         scheduler = AutoDrop(optimizer, after_average=setup.refresh_batchnorm, **settings)
         should_stop = (lambda: scheduler.converged) if stop_when_converged else (lambda: False)
-        return Control(optimizer, lambda val_loss: scheduler.step(), autodrop=scheduler, settings=settings,
-                       should_stop=should_stop)
+        return Control(
+            optimizer, lambda val_loss: scheduler.step(), autodrop=scheduler, settings=settings, should_stop=should_stop
+        )
 
     return build
 
 
 def _active(cls: type[Optimizer]) -> Callable[[Setup], Control]:
     """ActiveLR with no LR schedule, as its authors ran it; its epoch ends at each ``end_epoch``."""
+
     def build(setup: Setup) -> Control:
         optimizer = cls(setup.model.parameters(), lr=setup.lr, **OPTIMIZERS[setup.optimizer])
         return Control(optimizer, lambda val_loss: optimizer.end_epoch())
@@ -191,20 +205,38 @@ SCHEDULES: dict[str, Schedule] = {
     for row in (
         Schedule("constant", "constant LR", _constant),
         Schedule("step", "MultiStepLR at 30/60/80% of the epochs, gamma 0.2", _step),
-        Schedule("step-earlystop", "step, stopped by early stopping on validation loss (patience 10)",
-                 _step_early_stopping),
+        Schedule(
+            "step-earlystop", "step, stopped by early stopping on validation loss (patience 10)", _step_early_stopping
+        ),
         Schedule("cosine", "cosine annealing to 0 over the run", _cosine),
         Schedule("plateau", "ReduceLROnPlateau on validation loss, factor 0.2, patience 10", _plateau),
         Schedule("autodrop", "AutoDrop, library defaults (trend-test detector)", _autodrop()),
-        Schedule("autodrop-stop", "AutoDrop, library defaults, max_drops=1, stops when converged",
-                 _autodrop(stop_when_converged=True, max_drops=1)),
-        Schedule("autodrop-paper", "AutoDrop, the paper's detector (threshold 0.01 deg, window 1)",
-                 _autodrop(detector="paper")),
-        Schedule("autodrop-smooth", "AutoDrop, paper's rule on omega averaged over 5 epochs, threshold 0.2 deg",
-                 _autodrop(detector="paper", window=5, threshold=0.2)),
-        Schedule("activesgd", "ActiveSGD (ActiveLR, lr_high 2, lr_low 0.5), no LR schedule",
-                 _active(ActiveSGD), optimizer="sgd"),
-        Schedule("activeadamw", "ActiveAdamW (ActiveLR, lr_high 2, lr_low 0.5), no LR schedule",
-                 _active(ActiveAdamW), optimizer="adamw"),
+        Schedule(
+            "autodrop-stop",
+            "AutoDrop, library defaults, max_drops=1, stops when converged",
+            _autodrop(stop_when_converged=True, max_drops=1),
+        ),
+        Schedule(
+            "autodrop-paper",
+            "AutoDrop, the paper's detector (threshold 0.01 deg, window 1)",
+            _autodrop(detector="paper"),
+        ),
+        Schedule(
+            "autodrop-smooth",
+            "AutoDrop, paper's rule on omega averaged over 5 epochs, threshold 0.2 deg",
+            _autodrop(detector="paper", window=5, threshold=0.2),
+        ),
+        Schedule(
+            "activesgd",
+            "ActiveSGD (ActiveLR, lr_high 2, lr_low 0.5), no LR schedule",
+            _active(ActiveSGD),
+            optimizer="sgd",
+        ),
+        Schedule(
+            "activeadamw",
+            "ActiveAdamW (ActiveLR, lr_high 2, lr_low 0.5), no LR schedule",
+            _active(ActiveAdamW),
+            optimizer="adamw",
+        ),
     )
 }

@@ -75,8 +75,10 @@ class Data:
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     def to(self, device: torch.device) -> Data:
-        moved = {name: getattr(self, name).to(device) for name in
-                 ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        }
         return Data(**moved, num_classes=self.num_classes, augment=self.augment)
 
 
@@ -126,8 +128,10 @@ def mnist1d_tensors(num_samples: int, seed: int = 42, cache_dir: Path | None = N
     args = mnist1d.get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
     data = mnist1d.make_dataset(args)
-    tensors = {key: torch.as_tensor(data[key], dtype=torch.float32 if key.startswith("x") else torch.long)
-               for key in ("x", "y", "x_test", "y_test")}
+    tensors = {
+        key: torch.as_tensor(data[key], dtype=torch.float32 if key.startswith("x") else torch.long)
+        for key in ("x", "y", "x_test", "y_test")
+    }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -218,15 +222,18 @@ CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 def cifar10_folder(data_dir: Path | None) -> Path:
     """``data_dir/cifar-10-batches-py`` (or ``data_dir`` itself when it is that folder), checked."""
     if data_dir is None:
-        raise FileNotFoundError("the cifar10 task needs --data-dir, a folder holding cifar-10-batches-py "
-                                "(torchvision's CIFAR10 layout); nothing is downloaded")
+        raise FileNotFoundError(
+            "the cifar10 task needs --data-dir, a folder holding cifar-10-batches-py "
+            "(torchvision's CIFAR10 layout); nothing is downloaded"
+        )
     folder = Path(data_dir) / "cifar-10-batches-py"
     if not folder.is_dir() and Path(data_dir).name == "cifar-10-batches-py":
         folder = Path(data_dir)
     missing = [name for name in CIFAR_BATCHES if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"--data-dir {data_dir}: {folder} lacks {missing} "
-                                "(expected torchvision's cifar-10-batches-py folder)")
+        raise FileNotFoundError(
+            f"--data-dir {data_dir}: {folder} lacks {missing} (expected torchvision's cifar-10-batches-py folder)"
+        )
     return folder
 
 
@@ -235,7 +242,8 @@ class _BatchUnpickler(pickle.Unpickler):
     names any other callable (code to run) is refused before anything of it runs."""
 
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
-        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("_reconstruct", "scalar")
     }
 
@@ -267,8 +275,12 @@ def cifar10_tensors(data_dir: Path | None) -> dict[str, Tensor]:
 
     train = [read(name) for name in CIFAR_BATCHES[:5]]
     x_test, y_test = read(CIFAR_BATCHES[5])
-    return {"x": torch.cat([x for x, _ in train]), "y": torch.cat([y for _, y in train]),
-            "x_test": x_test, "y_test": y_test}
+    return {
+        "x": torch.cat([x for x, _ in train]),
+        "y": torch.cat([y for _, y in train]),
+        "x_test": x_test,
+        "y_test": y_test,
+    }
 
 
 def random_crop_flip(batch: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
@@ -297,8 +309,14 @@ def _load_cifar10(source: DataSource) -> Data:
     def scale(images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - mean) / std
 
-    return _data(scale(arrays["x"]), arrays["y"], scale(arrays["x_test"]), arrays["y_test"],
-                 num_val=5_000, augment=random_crop_flip)
+    return _data(
+        scale(arrays["x"]),
+        arrays["y"],
+        scale(arrays["x_test"]),
+        arrays["y_test"],
+        num_val=5_000,
+        augment=random_crop_flip,
+    )
 
 
 # --- models -------------------------------------------------------------------------------
@@ -319,8 +337,11 @@ def cnn1d(length: int, channels: int, num_classes: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Unflatten(1, (1, length))]
     in_channels = 1
     for _ in range(3):
-        layers += [nn.Conv1d(in_channels, channels, 5, stride=2, padding=2, bias=False),
-                   nn.BatchNorm1d(channels), nn.ReLU()]
+        layers += [
+            nn.Conv1d(in_channels, channels, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+        ]
         in_channels, length = channels, (length + 1) // 2
     layers += [nn.Flatten(), nn.Linear(channels * length, num_classes)]
     return nn.Sequential(*layers)
@@ -329,10 +350,16 @@ def cnn1d(length: int, channels: int, num_classes: int) -> nn.Module:
 def cnn2d(in_channels: int, channels: int, num_classes: int) -> nn.Module:
     """Two Conv2d(3x3)-BatchNorm-ReLU blocks (max-pool between), global average pool, linear."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(channels, 2 * channels, 3, padding=1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * channels, num_classes),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2 * channels),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * channels, num_classes),
     )
 
 
@@ -347,8 +374,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -395,19 +423,40 @@ class Task:
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        Task("mnist-mlp", "real MNIST (55k train / 5k val / 10k test), MLP 784-256-256-10",
-             _load_mnist, lambda d: mlp(784, (256, 256), d.num_classes), epochs=20,
-             lr={"sgd": 0.05, "adamw": 1e-3}),
-        Task("mnist1d-cnn", "MNIST-1D (32k train / 4k val / 9k test), 1D CNN 3x32 channels with BatchNorm",
-             _load_mnist1d, lambda d: cnn1d(d.x_train.shape[1], 32, d.num_classes), epochs=50,
-             lr={"sgd": 0.05, "adamw": 1e-3}),
-        Task("digits-cnn", "scikit-learn digits 8x8 (1.2k train / 200 val / 397 test), 2D CNN with "
-             "BatchNorm; for tests, does not separate schedules",
-             _load_digits, lambda d: cnn2d(1, 8, d.num_classes), epochs=3,
-             lr={"sgd": 0.05, "adamw": 1e-3}, batch_size=64),
-        Task("cifar10-resnet18", "CIFAR-10 (45k train / 5k val / 10k test, crop + flip), ResNet-18",
-             _load_cifar10, lambda d: resnet18_cifar(d.num_classes), epochs=200,
-             lr={"sgd": 0.05, "adamw": 1e-3}),
+        Task(
+            "mnist-mlp",
+            "real MNIST (55k train / 5k val / 10k test), MLP 784-256-256-10",
+            _load_mnist,
+            lambda d: mlp(784, (256, 256), d.num_classes),
+            epochs=20,
+            lr={"sgd": 0.05, "adamw": 1e-3},
+        ),
+        Task(
+            "mnist1d-cnn",
+            "MNIST-1D (32k train / 4k val / 9k test), 1D CNN 3x32 channels with BatchNorm",
+            _load_mnist1d,
+            lambda d: cnn1d(d.x_train.shape[1], 32, d.num_classes),
+            epochs=50,
+            lr={"sgd": 0.05, "adamw": 1e-3},
+        ),
+        Task(
+            "digits-cnn",
+            "scikit-learn digits 8x8 (1.2k train / 200 val / 397 test), 2D CNN with "
+            "BatchNorm; for tests, does not separate schedules",
+            _load_digits,
+            lambda d: cnn2d(1, 8, d.num_classes),
+            epochs=3,
+            lr={"sgd": 0.05, "adamw": 1e-3},
+            batch_size=64,
+        ),
+        Task(
+            "cifar10-resnet18",
+            "CIFAR-10 (45k train / 5k val / 10k test, crop + flip), ResNet-18",
+            _load_cifar10,
+            lambda d: resnet18_cifar(d.num_classes),
+            epochs=200,
+            lr={"sgd": 0.05, "adamw": 1e-3},
+        ),
     )
 }
 
