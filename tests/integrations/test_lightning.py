@@ -63,9 +63,9 @@ def train_loader():
     return DataLoader(TensorDataset(x, y), batch_size=32)
 
 
-def fit(root, epochs, ckpt_path=None, callbacks=(), logger=False, **module_kwargs):
+def fit(root, epochs, ckpt_path=None, callbacks=(), logger=False, module_class=None, **module_kwargs):
     L.seed_everything(0, verbose=False)
-    module = Regression(**module_kwargs)
+    module = (module_class or Regression)(**module_kwargs)
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -328,20 +328,8 @@ class Warmup(Regression):
 
 def test_warmup_then_autodrop_reaches_the_base_lr_and_resumes_from_every_epoch(tmp_path):
     def run(root, epochs, ckpt_path=None):
-        L.seed_everything(0, verbose=False)
-        checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", filename="{epoch}", save_top_k=-1)
         callback = AutoDropCallback()
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            default_root_dir=root,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[checkpoints, callback],
-        )
-        trainer.fit(Warmup(), train_loader(), ckpt_path=ckpt_path)
+        trainer, _ = fit(root, epochs, ckpt_path, callbacks=[callback], module_class=Warmup)
         return trainer, callback.scheduler
 
     full, autodrop = run(tmp_path / "full", 10)
