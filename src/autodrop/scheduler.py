@@ -63,31 +63,8 @@ SINGLE_STEP_WARNING_AFTER = 10
 """With ``interval="epoch"``, warn once when this many intervals in a row held one optimizer step each."""
 EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
-STATE_KEYS = (
-    "version",
-    "factor",
-    "min_lrs",
-    "min_lr_per_group",
-    "max_drops",
-    "delay",
-    "average",
-    "on_nonfinite",
-    "max_history",
-    "base_lrs",
-    "last_epoch",
-    "_step_count",
-    "_last_lr",
-    "intervals",
-    "pending",
-    "delay_count",
-    "num_drops",
-    "converged",
-    "write_back_due",
-    "history",
-    "detector",
-    "velocity",
-    "averaging",
-)
+CHILDREN = (("detector", "detector"), ("velocity", "velocity"), ("averaging", "averager"))
+"""State keys whose values are a child's own state: ``(key, attribute)``."""
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
 
@@ -162,6 +139,27 @@ def _register_step_pre_hook(optimizer: Optimizer, hook: Callable[..., None]) -> 
 def _param_groups_lrs(optimizer: Optimizer) -> list[float | Tensor]:
     """Every group's LR as torch's schedulers report it: a tensor LR as a copy, else the number."""
     return [group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"] for group in optimizer.param_groups]
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a state value that shares nothing mutable with the scheduler (tensors cloned)."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    return value
+
+
+def _check_lr(name: str, value: Any, allow_tensor: bool) -> float | Tensor:
+    """An LR ``>= 0``: a number, or (``allow_tensor``) a one-element tensor, returned as a copy."""
+    if allow_tensor and isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a one-element tensor, got shape {tuple(value.shape)}")
+        check_real(name, value.item(), ">= 0", lambda v: v >= 0)
+        return value.clone()
+    return check_real(name, value, ">= 0", lambda v: v >= 0)
 
 
 def _initial_lr(group: dict) -> float:
@@ -742,6 +740,52 @@ class AutoDrop(LRScheduler):
         known = {id(p) for p in trajectory.params}
         return all(bool(torch.isfinite(local_tensor(p)).all()) for p in params if id(p) not in known)
 
+    def _fields(self) -> tuple[tuple[str, str, Callable[[str, Any], Any]], ...]:
+        """The state's one declaration: ``(key, attribute, check)`` per scalar field, where ``check(name,
+        value)`` raises naming what is wrong and returns the value to store. :meth:`state_dict`,
+        :meth:`check_state` and :meth:`load_state_dict` are all driven by it; the children (detector,
+        velocity, averaging) nest their own states (:data:`CHILDREN`), the relations between fields are
+        checked in :meth:`_check_relations`."""
+
+        def per_group(allow_tensor: bool) -> Callable[[str, Any], list]:
+            def check(name: str, value: Any) -> list:
+                values = check_list(name, value)
+                groups = len(self.optimizer.param_groups)
+                if len(values) != groups:
+                    raise ValueError(f"{name} has {len(values)} values, the optimizer has {groups} param groups")
+                return [_check_lr(f"{name}[{index}]", lr, allow_tensor) for index, lr in enumerate(values)]
+
+            return check
+
+        def optional_int(minimum: int) -> Callable[[str, Any], int | None]:
+            return lambda name, value: None if value is None else check_int(name, value, minimum)
+
+        def at_least(minimum: int) -> Callable[[str, Any], int]:
+            return lambda name, value: check_int(name, value, minimum)
+
+        return (
+            ("factor", "factor", lambda name, value: check_real(name, value, "in (0, 1)", lambda v: 0 < v < 1)),
+            ("min_lrs", "min_lrs", per_group(allow_tensor=False)),
+            ("min_lr_per_group", "min_lr_per_group", check_bool),
+            ("max_drops", "max_drops", optional_int(0)),
+            ("delay", "delay", at_least(0)),
+            ("average", "average", check_bool),
+            ("on_nonfinite", "on_nonfinite", lambda name, value: check_choice(name, value, ON_NONFINITE)),
+            ("max_history", "max_history", optional_int(1)),
+            ("base_lrs", "base_lrs", per_group(allow_tensor=False)),
+            # torch's counters: its compositions move them (SequentialLR undoes a step: -1), wrappers count more
+            ("last_epoch", "last_epoch", at_least(-1)),
+            ("_step_count", "_step_count", at_least(0)),
+            ("_last_lr", "_last_lr", per_group(allow_tensor=True)),  # a tensor LR as torch keeps it
+            ("intervals", "intervals", at_least(0)),
+            ("pending", "pending", check_bool),
+            ("delay_count", "delay_count", at_least(0)),
+            ("num_drops", "num_drops", at_least(0)),
+            ("converged", "_converged", check_bool),
+            ("write_back_due", "write_back_due", check_bool),
+            ("history", "history", self._checked_history),
+        )
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: counters, thresholds, buffers and history.
 
@@ -749,31 +793,9 @@ class AutoDrop(LRScheduler):
         holds this rank's shards (save one file per rank); for
         torch.distributed.checkpoint wrap the scheduler in :class:`autodrop.ShardedState`.
         """
-        return {
-            "version": STATE_VERSION,
-            "factor": self.factor,
-            "min_lrs": list(self.min_lrs),
-            "min_lr_per_group": self.min_lr_per_group,
-            "max_drops": self.max_drops,
-            "delay": self.delay,
-            "average": self.average,
-            "on_nonfinite": self.on_nonfinite,
-            "max_history": self.max_history,
-            "base_lrs": list(self.base_lrs),
-            "last_epoch": self.last_epoch,
-            "_step_count": self._step_count,
-            "_last_lr": [lr.clone() if isinstance(lr, Tensor) else lr for lr in self._last_lr],
-            "intervals": self.intervals,
-            "pending": self.pending,
-            "delay_count": self.delay_count,
-            "num_drops": self.num_drops,
-            "converged": self._converged,
-            "write_back_due": self.write_back_due,
-            "history": [dict(record, lrs=list(record["lrs"])) for record in self.history],
-            "detector": self.detector.state_dict(),
-            "velocity": self.velocity.state_dict(),
-            "averaging": self.averager.state_dict(),
-        }
+        fields = {key: _copied(getattr(self, attribute)) for key, attribute, _ in self._fields()}
+        children = {key: getattr(self, attribute).state_dict() for key, attribute in CHILDREN}
+        return {"version": STATE_VERSION, **fields, **children}
 
     def check_state(self, state: Any) -> None:
         """Raise a ``ValueError``, ``TypeError`` or ``KeyError`` naming what in ``state`` is wrong.
@@ -782,87 +804,78 @@ class AutoDrop(LRScheduler):
         each other, every history record, and every tensor's shape and dtype
         against the current parameters (and that it is finite). Changes nothing.
         """
+        self._checked(state)
+
+    def _checked(self, state: Any) -> dict[str, Any]:
+        """:meth:`check_state`, returning the fields' values to store (keyed by attribute)."""
         if not isinstance(state, Mapping):
             raise TypeError(f"AutoDrop state must be a dict, got {type(state).__name__}")
         state = _upgrade(state)
         version = state.get("version")
         if type(version) is not int or version != STATE_VERSION:
             raise ValueError(f"AutoDrop state version {version!r} is not supported (expected {STATE_VERSION})")
-        check_keys("AutoDrop state", state, STATE_KEYS)
+        fields = self._fields()
+        check_keys("AutoDrop state", state, ("version", *(key for key, _, _ in fields), *(key for key, _ in CHILDREN)))
+        # the detector first: the history's records carry its statistics
+        self.detector.check_state(state["detector"], "state['detector']")
+        values = {key: check(f"state[{key!r}]", state[key]) for key, _, check in fields}
+        self._check_relations(values, state)
+        return {attribute: values[key] for key, attribute, _ in fields}
+
+    def _check_relations(self, values: dict[str, Any], state: Mapping[str, Any]) -> None:
+        """What the fields must satisfy together, and the children's states."""
 
         def name(key: str) -> str:
             return f"state[{key!r}]"
 
-        groups = len(self.optimizer.param_groups)
-        check_real(name("factor"), state["factor"], "in (0, 1)", lambda v: 0 < v < 1)
-        for key in ("min_lrs", "base_lrs", "_last_lr"):
-            values = check_list(name(key), state[key])
-            if len(values) != groups:
-                raise ValueError(f"{name(key)} has {len(values)} values, the optimizer has {groups} param groups")
-            for index, value in enumerate(values):
-                if key == "_last_lr" and isinstance(value, Tensor):  # a group's tensor LR, as torch keeps it
-                    if value.numel() != 1:
-                        raise ValueError(
-                            f"{name(key)}[{index}] must be a one-element tensor, got shape {tuple(value.shape)}"
-                        )
-                    value = value.item()
-                check_real(f"{name(key)}[{index}]", value, ">= 0", lambda v: v >= 0)
-        for key in ("min_lr_per_group", "average", "pending", "converged", "write_back_due"):
-            check_bool(name(key), state[key])
-        delay = check_int(name("delay"), state["delay"], 0)
-        check_choice(name("on_nonfinite"), state["on_nonfinite"], ON_NONFINITE)
-        max_history = None if state["max_history"] is None else check_int(name("max_history"), state["max_history"], 1)
-        # torch's counters: its compositions move them (SequentialLR undoes a step: -1), wrappers count more steps
-        check_int(name("last_epoch"), state["last_epoch"], -1)
-        check_int(name("_step_count"), state["_step_count"], 0)
-        intervals = check_int(name("intervals"), state["intervals"], 0)
-        max_drops = None if state["max_drops"] is None else check_int(name("max_drops"), state["max_drops"], 0)
+        intervals, delay, max_drops = values["intervals"], values["delay"], values["max_drops"]
         check_int(
-            name("num_drops"), state["num_drops"], 0, intervals if max_drops is None else min(intervals, max_drops)
+            name("num_drops"), values["num_drops"], 0, intervals if max_drops is None else min(intervals, max_drops)
         )
-        if state["converged"] and state["pending"]:
+        if values["converged"] and values["pending"]:
             raise ValueError(
                 f"{name('converged')} and {name('pending')} are both True: a converged run has no window open"
             )
-        if state["pending"]:
-            check_int(name("delay_count"), state["delay_count"], 1, delay - 1)
+        if values["pending"]:
+            check_int(name("delay_count"), values["delay_count"], 1, delay - 1)
         else:
-            check_int(name("delay_count"), state["delay_count"], 0, 0)
-        self.detector.check_state(state["detector"], name("detector"))
-        self._check_history(state["history"], intervals, max_history, tuple(self.detector.statistics()))
-
+            check_int(name("delay_count"), values["delay_count"], 0, 0)
+        expected = intervals if values["max_history"] is None else min(intervals, values["max_history"])
+        records = values["history"]
+        if len(records) != expected:
+            raise ValueError(f"{name('history')} has {len(records)} records, expected {expected} (one per step)")
+        for index, record in enumerate(records):
+            interval = intervals - len(records) + 1 + index
+            check_int(f"{name('history')}[{index}]['interval']", record["interval"], interval, interval)
         self.velocity.check_state(state["velocity"], name("velocity"))
         WeightedAverage.check_state(state["averaging"], self.velocity.trajectory, name("averaging"))
-        window_open = state["pending"] and state["average"] and delay > 0
-        if state["write_back_due"] and (state["pending"] or not state["average"] or delay == 0):
-            what = "a pending drop" if state["pending"] else "no averaging"
+        window_open = values["pending"] and values["average"] and delay > 0
+        if values["write_back_due"] and (values["pending"] or not values["average"] or delay == 0):
+            what = "a pending drop" if values["pending"] else "no averaging"
             raise ValueError(f"{name('write_back_due')} is True, but the state has {what}")
-        holds_sums = window_open or state["write_back_due"]
+        holds_sums = window_open or values["write_back_due"]
         if (state["averaging"]["sums"] is not None) != holds_sums:
             raise ValueError(
                 f"{name('averaging')} {'has' if not holds_sums else 'lacks'} sums, but the state "
                 f"{'has' if holds_sums else 'has no'} open averaging window or write-back due"
             )
-        k = delay if state["write_back_due"] else state["delay_count"]
+        k = delay if values["write_back_due"] else values["delay_count"]
         if holds_sums and state["averaging"]["total_weight"] != k * (k + 1) / 2:
             raise ValueError(
                 f"{name('averaging')}['total_weight'] is {state['averaging']['total_weight']!r}, "
                 f"expected {k * (k + 1) / 2} after {k} intervals of the window"
             )
 
-    @staticmethod
-    def _check_history(history: Any, intervals: int, max_history: int | None, statistics: tuple[str, ...]) -> None:
-        records = check_list("state['history']", history)
-        expected = intervals if max_history is None else min(intervals, max_history)
-        if len(records) != expected:
-            raise ValueError(f"state['history'] has {len(records)} records, expected {expected} (one per step)")
-        first = intervals - len(records) + 1
+    def _checked_history(self, name: str, history: Any) -> list[dict[str, Any]]:
+        """Every record's keys, types and ranges (their interval numbers: :meth:`_check_relations`)."""
+        statistics = tuple(self.detector.statistics())
+        records = check_list(name, history)
         for index, record in enumerate(records):
-            where = f"state['history'][{index}]"
+            where = f"{name}[{index}]"
             check_keys(where, record, RECORD_KEYS + statistics)
             for key in statistics:
                 check_optional_real(f"{where}[{key!r}]", record[key], "a real number", lambda v: True)
-            check_int(f"{where}['interval']", record["interval"], first + index, first + index)
+            check_int(f"{where}['interval']", record["interval"], 1)
             check_optional_real(f"{where}['omega']", record["omega"], "in [0, 180]", lambda v: 0 <= v <= 180)
             check_optional_real(f"{where}['delta']", record["delta"], ">= 0", lambda v: v >= 0)
             check_real(f"{where}['threshold']", record["threshold"], "> 0", lambda v: v > 0)
@@ -877,6 +890,7 @@ class AutoDrop(LRScheduler):
                 raise ValueError(
                     f"{where}['reason'] must be one of {reasons} for event {record['event']!r}, got {reason!r}"
                 )
+        return [dict(record, lrs=list(record["lrs"])) for record in records]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state from :meth:`state_dict` (hyper-parameters included, as torch does).
@@ -884,31 +898,10 @@ class AutoDrop(LRScheduler):
         The whole state is checked first (:meth:`check_state`); a bad state raises
         and leaves the scheduler exactly as it was.
         """
-        self.check_state(state_dict)
+        values = self._checked(state_dict)
         state_dict = _upgrade(state_dict)
         with deferred_signals():
-            self._load_checked(state_dict)
-
-    def _load_checked(self, state_dict: Mapping[str, Any]) -> None:
-        self.velocity.load_state_dict(state_dict["velocity"])
-        self.averager.load_state_dict(state_dict["averaging"], self.velocity.trajectory)
-        self.detector.load_state_dict(state_dict["detector"])
-        self.write_back_due = state_dict["write_back_due"]
-        self.factor = float(state_dict["factor"])
-        self.min_lrs = [float(v) for v in state_dict["min_lrs"]]
-        self.min_lr_per_group = state_dict["min_lr_per_group"]
-        self.max_drops = state_dict["max_drops"]
-        self.delay = state_dict["delay"]
-        self.average = state_dict["average"]
-        self.on_nonfinite = state_dict["on_nonfinite"]
-        self.max_history = state_dict["max_history"]
-        self.base_lrs = list(state_dict["base_lrs"])
-        self.last_epoch = int(state_dict["last_epoch"])
-        self._step_count = int(state_dict["_step_count"])
-        self._last_lr = [lr.clone() if isinstance(lr, Tensor) else float(lr) for lr in state_dict["_last_lr"]]
-        self.intervals = int(state_dict["intervals"])
-        self.pending = state_dict["pending"]
-        self.delay_count = state_dict["delay_count"]
-        self.num_drops = state_dict["num_drops"]
-        self._converged = state_dict["converged"]
-        self.history = [dict(record, lrs=list(record["lrs"])) for record in state_dict["history"]]
+            self.velocity.load_state_dict(state_dict["velocity"])
+            self.averager.load_state_dict(state_dict["averaging"], self.velocity.trajectory)
+            self.detector.load_state_dict(state_dict["detector"])
+            vars(self).update(values)
