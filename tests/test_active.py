@@ -19,6 +19,7 @@ from autodrop import (
     AdaBelief,
     AutoDrop,
 )
+from autodrop.optim import ActiveLR
 
 STATE_KEYS = ("multiplier", "grad_sum", "grad_sign")
 
@@ -595,3 +596,66 @@ def test_an_optimizer_whose_epochs_never_end_says_so_once(monkeypatch):
         for _ in range(12):
             param.grad = torch.ones(3)
             ended.step()
+
+
+class Lion(torch.optim.Optimizer):
+    """A third-party optimizer this package does not wrap (Chen et al. 2023): the sign of an
+    interpolated momentum, with decoupled weight decay."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                momentum = self.state[p].setdefault("exp_avg", torch.zeros_like(p))
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_((beta1 * momentum + (1 - beta1) * p.grad).sign(), alpha=-group["lr"])
+                momentum.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+        return loss
+
+
+class ActiveLion(ActiveLR, Lion):
+    def __init__(self, params, lr=1e-4, **rule):
+        settings = {"steps_per_epoch": None, "lr_high": 2.0, "lr_low": 0.5, "max_multiplier": None,
+                    "min_multiplier": None, **rule}  # fmt: skip
+        super().__init__(params, lr, **settings)
+
+
+class ActiveAdam(ActiveLR, torch.optim.Adam):
+    def __init__(self, params, lr=1e-3, **rule):
+        settings = {"steps_per_epoch": None, "lr_high": 2.0, "lr_low": 0.5, "max_multiplier": None,
+                    "min_multiplier": None, **rule}  # fmt: skip
+        super().__init__(params, lr, **settings)
+
+
+@pytest.mark.parametrize("active, base", [(ActiveLion, Lion), (ActiveAdam, torch.optim.Adam)])
+def test_the_rule_works_on_optimizers_this_package_does_not_wrap(active, base):
+    def run(make, steps=12):
+        torch.manual_seed(0)
+        model = make_model()
+        optimizer = make(model.parameters())
+        x, y = torch.randn(32, 6), torch.randn(32, 3)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+        return [p.detach().clone() for p in model.parameters()], optimizer
+
+    plain, _ = run(lambda params: base(params, lr=1e-2))
+    neutral, _ = run(lambda params: active(params, lr=1e-2, lr_high=0.0, lr_low=1.0, steps_per_epoch=3))
+    assert all(torch.equal(a, b) for a, b in zip(plain, neutral))  # g stays 1: bit for bit the base
+    scaled, optimizer = run(lambda params: active(params, lr=1e-2, steps_per_epoch=3))
+    assert optimizer.param_groups[0]["epoch"] == 4 and not all(torch.equal(a, b) for a, b in zip(plain, scaled))
+    multipliers = torch.cat([optimizer.state[p]["multiplier"].reshape(-1) for p in optimizer.param_groups[0]["params"]])
+    assert bool((multipliers != 1).any())
+    copied = copy.deepcopy(optimizer)  # a copy keeps the rule: torch does not copy hooks, the class registers them
+    assert len(copied._optimizer_step_pre_hooks) == len(optimizer._optimizer_step_pre_hooks) == 1

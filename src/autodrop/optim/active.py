@@ -28,9 +28,8 @@ kernels and state), and the rule rescales what they did; AdaBelief is ours
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -160,15 +159,19 @@ class ActiveLR(Optimizer):
 
     ``class ActiveX(ActiveLR, X)`` is optimizer ``X`` whose every update is scaled,
     per element, by a multiplier :math:`g` that the rule adapts once per epoch
-    (module docstring). It owns the per-element state ``multiplier`` (g),
-    ``grad_sum`` (G_now) and ``grad_sign`` (sign of the last non-zero epoch sum,
-    int8) in ``optimizer.state[p]``, and the epoch position in each param group
+    (module docstring). The rule runs in torch's public step pre- and post-hooks
+    (``register_step_pre_hook`` / ``register_step_post_hook``) around ``X``'s own,
+    unchanged ``step``, so ``X`` may be any optimizer with torch's hooks: torch's,
+    this package's, or a third party's (e.g. ``class ActiveLion(ActiveLR, Lion)``).
+    It owns the per-element state ``multiplier`` (g), ``grad_sum`` (G_now) and
+    ``grad_sign`` (sign of the last non-zero epoch sum, int8) in
+    ``optimizer.state[p]``, and the epoch position in each param group
     (``epoch_steps``: steps since the epoch began, ``epoch``: epochs ended), so
     ``state_dict()`` / ``load_state_dict()`` resume it exactly. The group LR stays
     the user's (and a scheduler's, e.g. :class:`autodrop.AutoDrop`): the step
     taken is ``lr * g`` times the base's direction.
 
-    Per step the rule costs one copy of the stepped parameters, one ``foreach``
+    Per step the rule costs one copy of the trainable parameters, one ``foreach``
     add (the sums) and one ``foreach`` lerp; its memory is two parameter-sized
     buffers plus one byte per element, and the copy while ``step()`` runs; the
     epoch end is a few tensor ops per parameter. Sparse gradients and complex parameters
@@ -201,6 +204,8 @@ class ActiveLR(Optimizer):
         super().__init__(*args, **kwargs)
         self.defaults.update(active)
         self._step_supports_amp_scaling = False
+        self._starts: list[tuple[list[Tensor], list[Tensor]]] = []
+        self._register_rule_hooks()
 
     def _decoupled_decay(self, group: dict[str, Any]) -> bool:
         """Whether the base applies ``weight_decay`` to the weights (True) or the gradient."""
@@ -227,13 +232,15 @@ class ActiveLR(Optimizer):
                 "coupled (L2) decay is part of the gradient and always scaled by the multiplier"
             )
 
-    def _params_with_grad(self, index: int, group: dict[str, Any]) -> list[Tensor]:
+    def _params_with_grad(self, index: int, group: dict[str, Any], require_grad: bool = True) -> list[Tensor]:
+        """The group's parameters with a gradient (``require_grad=False``: those that may get one);
+        a ``RuntimeError`` for sparse gradients and complex parameters."""
         params = []
         for position, p in enumerate(group["params"]):
-            if p.grad is None:
+            if p.grad is None and (require_grad or not p.requires_grad):
                 continue
             where = f"parameter {position} of param group {index}"
-            if p.grad.is_sparse:
+            if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients ({where} has one): "
                     "the sign rule needs dense per-element sums; use a dense embedding"
@@ -255,54 +262,52 @@ class ActiveLR(Optimizer):
             multipliers.append(state["multiplier"])
         return sums, multipliers
 
-    @contextlib.contextmanager
-    def _unscaled_decay_applied(self, stepped: list[list[Tensor]]) -> Iterator[None]:
-        """Apply the decoupled decay of ``scale_weight_decay=False`` groups, hidden from the base.
+    def _register_rule_hooks(self) -> None:
+        """The rule runs around the base's own step through torch's public step hooks, so the base's
+        ``step`` (torch's, or any third party's) runs unchanged and unwrapped."""
+        self._rule_hooks = (
+            self.register_step_pre_hook(ActiveLR._before_base_step),
+            self.register_step_post_hook(ActiveLR._after_base_step),
+            self.register_load_state_dict_post_hook(ActiveLR._signs_as_int8),
+        )
 
-        The decay is applied before the snapshot the rule scales from, so it is
-        scaled by ``lr`` alone; the same operation as torch's (``p *= 1 - lr * wd``).
-        """
-        hidden = []
-        for group, params in zip(self.param_groups, stepped, strict=True):
-            if not group.get("scale_weight_decay", True) and group["weight_decay"] != 0:
-                if params:
-                    torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-                hidden.append((group, group["weight_decay"]))
-                group["weight_decay"] = 0.0
-        try:
-            yield
-        finally:
-            for group, weight_decay in hidden:
-                group["weight_decay"] = weight_decay
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if not hasattr(self, "_rule_hooks"):  # a pickle or a deep copy, which keep no hooks (not load_state_dict)
+            self._starts = []
+            self._register_rule_hooks()
 
-    def _base_step(self) -> None:
-        # The base's own step function, the first after ActiveLR in the MRO: torch wraps a
-        # class's step in its hook runner once an instance exists, and the hooks already
-        # ran around this step(), so they must not run again here.
-        mro = type(self).__mro__
-        base = next(cls for cls in mro[mro.index(ActiveLR) + 1 :] if "step" in vars(cls))
-        base_step = vars(base)["step"]
-        if getattr(base_step, "hooked", False):
-            base_step = base_step.__wrapped__
-        base_step(self)
-
+    @staticmethod
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One optimization step of the base, scaled per element by g; may end the epoch.
+    def _before_base_step(self: ActiveLR, args: Any, kwargs: Any) -> None:
+        """Apply the decoupled decay of ``scale_weight_decay=False`` groups (hidden from the base, so it is
+        scaled by ``lr`` alone, torch's ``p *= 1 - lr * wd``), then keep every trainable parameter as it is
+        (a closure may give parameters their gradients inside the base's step)."""
+        self._starts = []
+        for index, group in enumerate(self.param_groups):
+            if "hidden_weight_decay" in group:  # a base step that raised left it hidden
+                group["weight_decay"] = group.pop("hidden_weight_decay")
+            params = self._params_with_grad(index, group, require_grad=False)
+            if not group.get("scale_weight_decay", True) and group["weight_decay"] != 0:
+                with_grad = [p for p in params if p.grad is not None]
+                if with_grad:
+                    torch._foreach_mul_(with_grad, 1 - group["lr"] * group["weight_decay"])
+                group["hidden_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
+            self._starts.append((params, [p.detach().clone() for p in params]))
 
-        ``closure`` re-evaluates the model and returns the loss, as for any torch
-        optimizer; it is called once, before the step.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        stepped = [self._params_with_grad(index, group) for index, group in enumerate(self.param_groups)]
-        with self._unscaled_decay_applied(stepped):
-            starts = [[p.detach().clone() for p in params] for params in stepped]
-            self._base_step()
-        for group, params, start in zip(self.param_groups, stepped, starts, strict=True):
-            if params:
+    @staticmethod
+    @torch.no_grad()
+    def _after_base_step(self: ActiveLR, args: Any, kwargs: Any) -> None:
+        """Scale what the base did by g, ``p := start + g (p - start)``, add the gradients to the epoch's
+        sums, and end the epoch when ``steps_per_epoch`` steps are done."""
+        starts, self._starts = self._starts, []
+        for index, (group, (params, start)) in enumerate(zip(self.param_groups, starts, strict=True)):
+            if "hidden_weight_decay" in group:
+                group["weight_decay"] = group.pop("hidden_weight_decay")
+            stepped = [(p, s) for p, s in zip(params, start) if p.grad is not None]
+            self._params_with_grad(index, group)  # the gradients the step used: refused if sparse
+            if stepped:
+                params, start = [p for p, _ in stepped], [s for _, s in stepped]
                 sums, multipliers = self._active_state(params)
                 torch._foreach_add_(sums, [p.grad for p in params])
                 # start + g (end - start); exactly the base's result where g == 1
@@ -317,9 +322,15 @@ class ActiveLR(Optimizer):
                     "multiplier is still 1 and this runs as its base optimizer: call optimizer.end_epoch() at "
                     "each epoch's end, or pass steps_per_epoch",
                     RuntimeWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-        return loss
+
+    @staticmethod
+    def _signs_as_int8(self: ActiveLR) -> None:
+        # torch casts every floating state tensor to the parameter's dtype; the signs stay int8
+        for state in self.state.values():
+            if "grad_sign" in state:
+                state["grad_sign"] = state["grad_sign"].to(torch.int8)
 
     def end_epoch(self) -> bool:
         """End the current epoch of every param group that has stepped since its epoch began.
@@ -427,10 +438,6 @@ class ActiveLR(Optimizer):
                 f"{type(self).__name__} could not load the state: the base optimizer raised {error!r}; "
                 "the optimizer is unchanged"
             ) from error
-        # torch casts every floating state tensor to the parameter's dtype; the signs stay int8
-        for state in self.state.values():
-            if "grad_sign" in state:
-                state["grad_sign"] = state["grad_sign"].to(torch.int8)
 
 
 class ActiveSGD(ActiveLR, SGD):
