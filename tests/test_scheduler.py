@@ -227,7 +227,7 @@ def drive(walk, scheduler, turns):
 def buffers(scheduler):
     trajectory = scheduler.velocity.trajectory
     tensors = [b.snapshot for b in trajectory.buckets] + [b.previous for b in trajectory.buckets]
-    return [t.clone().view(torch.uint8) for t in tensors + (scheduler.averager.sums or [])]
+    return [t.clone().view(torch.uint8) for t in tensors + (scheduler.window_average.sums or [])]
 
 
 def same(a, b):

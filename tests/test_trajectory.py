@@ -59,7 +59,7 @@ def test_buffers_are_two_parameter_copies_in_at_least_fp32():
     assert len(trajectory.buckets) == 2
 
 
-def test_write_params_and_rebase_round_trip():
+def test_write_params_and_snapshot_round_trip():
     params = make_params()
     trajectory = ParameterTrajectory(params)
     before = flat64(params)
@@ -303,7 +303,7 @@ def test_previous_step_is_bit_for_bit_the_measured_one():
     measured = [torch.sub(before, after) for before, after in zip(snapshots[-2], snapshots[-1])]
     assert_same_bits(bits([b.previous for b in trajectory.buckets]), bits(measured))
     assert_same_bits(bits(trajectory.state_dict()["steps"]), bits(measured))
-    trajectory.rebase()
+    trajectory.snapshot_current()
     assert_same_bits(bits([b.previous for b in trajectory.buckets]), bits(measured))
 
 

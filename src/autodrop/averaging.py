@@ -46,7 +46,7 @@ class WeightedAverage:
     @torch.inference_mode(False)
     @torch.no_grad()
     def relaid(self, old: ParameterTrajectory, new: ParameterTrajectory) -> list[Tensor]:
-        """The open window's sums in ``new``'s layout (see ``ParameterTrajectory.retracked``); a tensor
+        """The open window's sums in ``new``'s layout (see ``ParameterTrajectory.with_params``); a tensor
         that joined counts as having stayed at its snapshot for the window so far: ``W x_0``."""
         previous = old.views_by_param(self.sums)
         sums = [torch.empty_like(s) for s in new.snapshots()]

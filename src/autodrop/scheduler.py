@@ -63,7 +63,7 @@ SINGLE_STEP_WARNING_AFTER = 10
 """With ``interval="epoch"``, warn once when this many intervals in a row held one optimizer step each."""
 EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
-CHILDREN = (("detector", "detector"), ("velocity", "velocity"), ("averaging", "averager"))
+CHILDREN = (("detector", "detector"), ("velocity", "velocity"), ("averaging", "window_average"))
 """State keys whose values are a child's own state: ``(key, attribute)``."""
 RECORD_KEYS = ("interval", "omega", "delta", "threshold", "lrs", "event", "reason")
 
@@ -355,7 +355,7 @@ class AutoDrop(LRScheduler):
         self.velocity = AngularVelocity(
             self._optimizer_params(), eps=eps, snapshot_device=snapshot_device, process_group=process_group
         )
-        self.averager = WeightedAverage()
+        self.window_average = WeightedAverage()
         self.write_back_due = False
         self._optimizer_steps = 0  # since the last step(), counted by the hook
         self._single_step_intervals = 0  # consecutive intervals of exactly one optimizer step
@@ -437,7 +437,7 @@ class AutoDrop(LRScheduler):
         ``2 P e_b`` outside the delay window and ``3 P e_b`` inside, for P parameters
         with buffer element size ``e_b = max(4, parameter element size)`` per bucket.
         """
-        return self.velocity.trajectory.buffer_bytes() + self.averager.buffer_bytes()
+        return self.velocity.trajectory.buffer_bytes() + self.window_average.buffer_bytes()
 
     def get_lr(self) -> list[float]:
         """The optimizer's current LRs (AutoDrop changes them only in :meth:`step`)."""
@@ -527,10 +527,10 @@ class AutoDrop(LRScheduler):
         without changing anything but the detector (which :meth:`step` restores if this raises)."""
         params = self._changed_params()
         base_lrs, min_lrs = self._group_settings()
-        trajectory, sums = self.velocity.trajectory, self.averager.sums
+        trajectory, sums = self.velocity.trajectory, self.window_average.sums
         if params is not None and self._finite_newcomers(params, trajectory):
-            joined = trajectory.retracked(params)
-            sums = self.averager.relaid(trajectory, joined) if sums is not None else None
+            joined = trajectory.with_params(params)
+            sums = self.window_average.relaid(trajectory, joined) if sums is not None else None
             trajectory = joined
         measurement = trajectory.measure()
         fault = measurement.statistics.fault
@@ -544,7 +544,7 @@ class AutoDrop(LRScheduler):
             omega=self.velocity.omega_of(measurement.statistics),
             trajectory=trajectory,
             sums=sums,
-            total_weight=self.averager.total_weight,
+            total_weight=self.window_average.total_weight,
             base_lrs=base_lrs,
             min_lrs=min_lrs,
             lrs=self._current_lrs(),
@@ -598,7 +598,7 @@ class AutoDrop(LRScheduler):
             self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, interval.omega
         else:
             self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, None
-        self.averager.sums, self.averager.total_weight = interval.sums, interval.total_weight
+        self.window_average.sums, self.window_average.total_weight = interval.sums, interval.total_weight
         self.base_lrs, self.min_lrs = interval.base_lrs, interval.min_lrs
         for group, lr in zip(self.optimizer.param_groups, interval.lrs):
             if lr != float(group["lr"]):
@@ -646,8 +646,8 @@ class AutoDrop(LRScheduler):
         """
         if not self.write_back_due:
             return False
-        self.averager.write_back(self.velocity.trajectory)
-        self.averager.discard()
+        self.window_average.write_back(self.velocity.trajectory)
+        self.window_average.discard()
         self.write_back_due = False
         return True
 
@@ -902,6 +902,6 @@ class AutoDrop(LRScheduler):
         state_dict = _upgrade(state_dict)
         with deferred_signals():
             self.velocity.load_state_dict(state_dict["velocity"])
-            self.averager.load_state_dict(state_dict["averaging"], self.velocity.trajectory)
+            self.window_average.load_state_dict(state_dict["averaging"], self.velocity.trajectory)
             self.detector.load_state_dict(state_dict["detector"])
             vars(self).update(values)

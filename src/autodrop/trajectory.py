@@ -228,9 +228,9 @@ class _Bucket:
             torch.sub(self.snapshot[start:stop], now, out=self.previous[start:stop])
             self.snapshot[start:stop].copy_(now)
 
-    def rebase(self) -> None:
+    def snapshot_current(self) -> None:
         """``snapshot := x_i``: the parameters as they are now (the previous step stays)."""
-        for start, stop, now in self._chunks(self.pieces(self.current("rebase"))):
+        for start, stop, now in self._chunks(self.pieces(self.current("snapshot_current"))):
             self.snapshot[start:stop].copy_(now)
 
     def write(self, flat: Tensor, divisor: float) -> None:
@@ -305,13 +305,13 @@ class ParameterTrajectory:
         self.counting = ReplicaCounting(self.params, process_group)
         self.buckets = _bucketize(self.params, self.counting.counted, self.snapshot_device)
         self.previous_norm_sq: float | None = None
-        self.rebase()
+        self.snapshot_current()
         if not all(torch.isfinite(s).all() for s in self.snapshots()):
             raise ValueError("params contain NaN or Inf: the first snapshot x_0 must be finite")
 
     @torch.inference_mode(False)
     @torch.no_grad()
-    def retracked(self, params: Iterable[Tensor]) -> ParameterTrajectory:
+    def with_params(self, params: Iterable[Tensor]) -> ParameterTrajectory:
         """A new trajectory over ``params`` (e.g. after a param group was added); this one is unchanged.
 
         Every tracked tensor among ``params`` keeps its snapshot and previous step;
@@ -352,10 +352,10 @@ class ParameterTrajectory:
 
     @torch.inference_mode(False)
     @torch.no_grad()
-    def rebase(self) -> None:
+    def snapshot_current(self) -> None:
         """Take the current parameters as the snapshot; the previous step is kept."""
         for b in self.buckets:
-            b.rebase()
+            b.snapshot_current()
 
     @torch.inference_mode(False)
     @torch.no_grad()
@@ -420,7 +420,7 @@ class ParameterTrajectory:
         write can simply be repeated."""
         for b, flat in zip(self.buckets, flats, strict=True):
             b.write(flat, divisor)
-        self.rebase()
+        self.snapshot_current()
 
     def state_dict(self) -> dict:
         return {

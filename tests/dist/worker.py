@@ -90,7 +90,7 @@ def fsdp(rank: int, single_rank_group) -> dict:
         reference_scheduler.step()
         scheduler.step()
         omegas.append((scheduler.omega, reference_scheduler.omega))
-        window_bytes = max(window_bytes, scheduler.averager.buffer_bytes())
+        window_bytes = max(window_bytes, scheduler.window_average.buffer_bytes())
         if scheduler.history[-1]["event"] == "drop":
             with torch.no_grad():
                 probe = x[:16]
@@ -245,7 +245,7 @@ def resume(rank: int, out_dir: Path, uninterrupted: dict) -> dict:
 
     model, optimizer, scheduler = build(2)
     run(model, optimizer, scheduler, range(stop))
-    pending_at_save = scheduler.pending and scheduler.averager.active
+    pending_at_save = scheduler.pending and scheduler.window_average.active
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save(
         {"model": model_state, "optimizer": optimizer_state, "autodrop": ShardedState(scheduler)},
