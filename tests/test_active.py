@@ -659,3 +659,32 @@ def test_the_rule_works_on_optimizers_this_package_does_not_wrap(active, base):
     assert bool((multipliers != 1).any())
     copied = copy.deepcopy(optimizer)  # a copy keeps the rule: torch does not copy hooks, the class registers them
     assert len(copied._optimizer_step_pre_hooks) == len(optimizer._optimizer_step_pre_hooks) == 1
+
+
+def test_active_lr_joins_an_optimizer_that_already_exists():
+    def run(make, steps=12):
+        torch.manual_seed(0)
+        model = make_model()
+        optimizer = make(model.parameters())
+        x, y = torch.randn(32, 6), torch.randn(32, 3)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+        return [p.detach().clone() for p in model.parameters()], optimizer
+
+    plain, _ = run(lambda params: torch.optim.Adam(params, lr=1e-2))
+    neutral, _ = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), lr_high=0.0, lr_low=1.0))
+    assert all(torch.equal(a, b) for a, b in zip(plain, neutral))
+    scaled, optimizer = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), steps_per_epoch=3))
+    assert isinstance(optimizer, ActiveLR) and isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["epoch"] == 4 and optimizer.param_groups[0]["lr_high"] == 2.0
+    assert not all(torch.equal(a, b) for a, b in zip(plain, scaled))
+    with pytest.raises(ValueError, match="has the ActiveLR rule already"):
+        ActiveLR(optimizer, steps_per_epoch=3)
+    assert len(optimizer._optimizer_step_pre_hooks) == 1
+    restored = ActiveLR(torch.optim.Adam(make_model().parameters(), lr=1e-2), steps_per_epoch=3)
+    restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    assert states_equal(restored.state_dict(), optimizer.state_dict())
+    with pytest.raises(TypeError, match="takes only the rule's arguments"):
+        ActiveLR(torch.optim.Adam(make_model().parameters()), lr=0.1)

@@ -179,14 +179,24 @@ class ActiveLR(Optimizer):
     itself before ``step()`` (the sums must see true gradients).
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> ActiveLR:
+        # ActiveLR(optimizer, ...): the rule joins an optimizer that exists already, whatever its class
+        if args and isinstance(args[0], Optimizer):
+            optimizer = args[0]
+            if not isinstance(optimizer, ActiveLR):
+                base = type(optimizer)
+                optimizer.__class__ = type(f"Active{base.__name__}", (ActiveLR, base), {"__module__": base.__module__})
+            return optimizer
+        return super().__new__(cls)
+
     def __init__(
         self,
         *args: Any,
-        steps_per_epoch: int | None,
-        lr_high: float,
-        lr_low: float,
-        max_multiplier: float | None,
-        min_multiplier: float | None,
+        steps_per_epoch: int | None = None,
+        lr_high: float = 2.0,
+        lr_low: float = 0.5,
+        max_multiplier: float | None = None,
+        min_multiplier: float | None = None,
         scale_weight_decay: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -201,7 +211,17 @@ class ActiveLR(Optimizer):
             active["scale_weight_decay"] = scale_weight_decay
         active = _check_active_args("", active)
         self._active_defaults = active
-        super().__init__(*args, **kwargs)
+        if args and args[0] is self:  # ActiveLR(optimizer, ...): its groups exist, give them the rule's keys
+            if hasattr(self, "_rule_hooks"):
+                raise ValueError(f"this {type(self).__name__} has the ActiveLR rule already")
+            if kwargs:
+                raise TypeError(f"ActiveLR(optimizer, ...) takes only the rule's arguments, got {sorted(kwargs)}")
+            for index, group in enumerate(self.param_groups):
+                for key, value in {**active, "epoch_steps": 0, "epoch": 0}.items():
+                    group.setdefault(key, value)
+                group.update(_check_active_args(f" of param group {index}", group))
+        else:
+            super().__init__(*args, **kwargs)
         self.defaults.update(active)
         self._step_supports_amp_scaling = False
         self._starts: list[tuple[list[Tensor], list[Tensor]]] = []
