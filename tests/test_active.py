@@ -637,19 +637,21 @@ class ActiveAdam(ActiveLR, torch.optim.Adam):
         super().__init__(params, lr, **settings)
 
 
+def run(make, steps=12):
+    """12 steps of a fixed regression with the optimizer ``make(params)``: the parameters, the optimizer."""
+    torch.manual_seed(0)
+    model = make_model()
+    optimizer = make(model.parameters())
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], optimizer
+
+
 @pytest.mark.parametrize("active, base", [(ActiveLion, Lion), (ActiveAdam, torch.optim.Adam)])
 def test_the_rule_works_on_optimizers_this_package_does_not_wrap(active, base):
-    def run(make, steps=12):
-        torch.manual_seed(0)
-        model = make_model()
-        optimizer = make(model.parameters())
-        x, y = torch.randn(32, 6), torch.randn(32, 3)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
-        return [p.detach().clone() for p in model.parameters()], optimizer
-
     plain, _ = run(lambda params: base(params, lr=1e-2))
     neutral, _ = run(lambda params: active(params, lr=1e-2, lr_high=0.0, lr_low=1.0, steps_per_epoch=3))
     assert all(torch.equal(a, b) for a, b in zip(plain, neutral))  # g stays 1: bit for bit the base
@@ -662,17 +664,6 @@ def test_the_rule_works_on_optimizers_this_package_does_not_wrap(active, base):
 
 
 def test_active_lr_joins_an_optimizer_that_already_exists():
-    def run(make, steps=12):
-        torch.manual_seed(0)
-        model = make_model()
-        optimizer = make(model.parameters())
-        x, y = torch.randn(32, 6), torch.randn(32, 3)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            optimizer.step()
-        return [p.detach().clone() for p in model.parameters()], optimizer
-
     plain, _ = run(lambda params: torch.optim.Adam(params, lr=1e-2))
     neutral, _ = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), lr_high=0.0, lr_low=1.0))
     assert all(torch.equal(a, b) for a, b in zip(plain, neutral))
