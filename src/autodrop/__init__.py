@@ -8,7 +8,8 @@ a pluggable detector: ``TrendTest`` (the default) or the paper's ``PaperRule``;
 ``ShardedState`` checkpoints AutoDrop's sharded state with torch.distributed.checkpoint.
 ``ActiveSGD``, ``ActiveAdamW``, ``ActiveRAdam`` and ``ActiveAdaBelief`` adapt a
 per-element LR multiplier from the sign of the epoch-summed gradient (ActiveLR,
-Wadi, Fredette, Senecal, arXiv 2301.10133); ``AdaBelief`` is their AdaBelief base.
+Wadi, Fredette, Senecal, arXiv 2301.10133), and ``ActiveLR(optimizer)`` puts the
+same rule in front of any torch optimizer; ``AdaBelief`` is their AdaBelief base.
 ``write_history_csv`` and ``write_history_tensorboard`` record ``AutoDrop.history``;
 framework integrations live in ``autodrop.integrations`` and import lazily.
 """
@@ -16,7 +17,7 @@ framework integrations live in ``autodrop.integrations`` and import lazily.
 from .detectors import Detector, PaperRule, TrendTest
 from .history_log import write_history_csv, write_history_tensorboard
 from .nqm import NoisyQuadratic
-from .optim import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveRAdam, ActiveSGD, AdaBelief
+from .optim import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveLR, ActiveRAdam, ActiveSGD, AdaBelief
 from .scheduler import AutoDrop
 from .sharded_state import ShardedState
 from .velocity import AngularVelocity
@@ -25,6 +26,7 @@ __all__ = [
     "ACTIVE_PRESETS",
     "ActiveAdaBelief",
     "ActiveAdamW",
+    "ActiveLR",
     "ActiveRAdam",
     "ActiveSGD",
     "AdaBelief",
