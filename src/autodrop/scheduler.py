@@ -594,10 +594,7 @@ class AutoDrop(LRScheduler):
     def _commit(self, interval: _Interval) -> None:
         """Install what :meth:`_decide` computed (plain assignments: nothing here raises)."""
         self.velocity.trajectory = interval.trajectory
-        if interval.fault is None:
-            self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, interval.omega
-        else:
-            self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, None
+        self.velocity.last_statistics, self.velocity.omega = interval.measurement.statistics, interval.omega
         self.window_average.sums, self.window_average.total_weight = interval.sums, interval.total_weight
         self.base_lrs, self.min_lrs = interval.base_lrs, interval.min_lrs
         for group, lr in zip(self.optimizer.param_groups, interval.lrs):
