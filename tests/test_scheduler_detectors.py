@@ -134,7 +134,7 @@ def test_a_version_1_checkpoint_of_the_paper_rule_still_loads():
     scripted_run(scheduler.step, walk, [30.0, 31.0, 31.5, 40.0])
     state = scheduler.state_dict()
     detector = state.pop("detector")
-    del state["max_drops"], state["converged"], state["write_back_due"], state["intervals"]  # version 3's
+    del state["max_drops"], state["converged"], state["intervals"]  # version 3's
     state["step_count"], state["last_lr"] = state.pop("_step_count") - 1, state.pop("_last_lr")
     legacy = {
         **state,
@@ -155,7 +155,7 @@ def test_a_version_2_checkpoint_loads_as_dropping_until_the_floor_and_not_conver
     legacy = {
         key: value
         for key, value in state.items()
-        if key not in ("max_drops", "converged", "write_back_due", "intervals", "_step_count", "_last_lr")
+        if key not in ("max_drops", "converged", "intervals", "_step_count", "_last_lr")
     }
     legacy.update(step_count=state["_step_count"] - 1, last_lr=state["_last_lr"])
     _, _, restored, _ = planar(small_trend(), max_drops=3)

@@ -43,7 +43,10 @@ def build(state=None):
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, _ = data()
-    refresh = lambda: torch.optim.swa_utils.update_bn([x[i : i + 32] for i in range(0, 128, 32)], model)  # noqa: E731
+
+    def refresh():
+        torch.optim.swa_utils.update_bn([x[i : i + 32] for i in range(0, 128, 32)], model)
+
     scheduler = AutoDrop(optimizer, after_average=refresh, **SCHEDULE)
     if state is not None:
         model.load_state_dict(state["model"])

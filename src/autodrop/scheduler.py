@@ -86,13 +86,12 @@ def _upgrade(state: Mapping[str, Any]) -> Mapping[str, Any]:
             **detector,
         }
         state, version = {**upgraded, "version": 2}, 2
-    if type(version) is int and version == 2 and not {"max_drops", "converged", "write_back_due"} & set(state):
+    if type(version) is int and version == 2 and not {"max_drops", "converged", "intervals"} & set(state):
         renamed = {key: value for key, value in state.items() if key not in ("step_count", "last_lr")}
         state = {
             **renamed,
             "max_drops": None,
             "converged": False,
-            "write_back_due": False,
             "version": 3,
             "_step_count": _plus_one(state.get("step_count")),
             "_last_lr": state.get("last_lr"),
@@ -191,7 +190,6 @@ class _Interval:
     delta: float | None = None
     event: str | None = None
     weight: float = 0.0
-    write_back: bool = False
 
 
 class AutoDrop(LRScheduler):
@@ -356,7 +354,6 @@ class AutoDrop(LRScheduler):
             self._optimizer_params(), eps=eps, snapshot_device=snapshot_device, process_group=process_group
         )
         self.window_average = WeightedAverage()
-        self.write_back_due = False
         self._optimizer_steps = 0  # since the last step(), counted by the hook
         self._single_step_intervals = 0  # consecutive intervals of exactly one optimizer step
         self._optimizer_hook = _register_step_pre_hook(optimizer, _before_optimizer_step(weakref.ref(self)))
@@ -581,7 +578,6 @@ class AutoDrop(LRScheduler):
             return
         # The window closes: average, then drop, or converge when no drop is possible.
         interval.pending, interval.delay_count = False, 0
-        interval.write_back = interval.sums is not None
         if not self._can_drop(interval.num_drops, interval.min_lrs):
             interval.converged, interval.event = True, "converged"
             return
@@ -602,7 +598,6 @@ class AutoDrop(LRScheduler):
                 _set_lr(group, lr)
         self.pending, self.delay_count = interval.pending, interval.delay_count
         self.num_drops, self._converged = interval.num_drops, interval.converged
-        self.write_back_due = interval.write_back
         self._step_count += 1
         self.last_epoch += 1
         self.intervals += 1
@@ -621,6 +616,12 @@ class AutoDrop(LRScheduler):
         )
         if self.max_history is not None and len(self.history) > self.max_history:
             del self.history[: len(self.history) - self.max_history]
+
+    @property
+    def write_back_due(self) -> bool:
+        """Whether the delay window's average still has to be written into the parameters: the sum
+        is held but no drop is pending (a write-back that an exception cut short)."""
+        return self.window_average.active and not self.pending
 
     def finish_write_back(self) -> None:
         """Complete a parameter write-back that an exception cut short (see :attr:`write_back_due`).
@@ -645,7 +646,6 @@ class AutoDrop(LRScheduler):
             return False
         self.window_average.write_back(self.velocity.trajectory)
         self.window_average.discard()
-        self.write_back_due = False
         return True
 
     def __getstate__(self) -> dict[str, Any]:
@@ -779,7 +779,6 @@ class AutoDrop(LRScheduler):
             ("delay_count", "delay_count", at_least(0)),
             ("num_drops", "num_drops", at_least(0)),
             ("converged", "_converged", check_bool),
-            ("write_back_due", "write_back_due", check_bool),
             ("history", "history", self._checked_history),
         )
 
@@ -846,18 +845,18 @@ class AutoDrop(LRScheduler):
             check_int(f"{name('history')}[{index}]['interval']", record["interval"], interval, interval)
         self.velocity.check_state(state["velocity"], name("velocity"))
         WeightedAverage.check_state(state["averaging"], self.velocity.trajectory, name("averaging"))
-        window_open = values["pending"] and values["average"] and delay > 0
-        if values["write_back_due"] and (values["pending"] or not values["average"] or delay == 0):
-            what = "a pending drop" if values["pending"] else "no averaging"
-            raise ValueError(f"{name('write_back_due')} is True, but the state has {what}")
-        holds_sums = window_open or values["write_back_due"]
-        if (state["averaging"]["sums"] is not None) != holds_sums:
+        # Sums are held inside an open averaging window, and after it while its write-back is due.
+        averaging = values["average"] and delay > 0
+        window_open = values["pending"] and averaging
+        has_sums = state["averaging"]["sums"] is not None
+        if window_open and not has_sums:
+            raise ValueError(f"{name('averaging')} lacks sums, but the state has an open averaging window")
+        if has_sums and not (window_open or (averaging and not values["pending"])):
             raise ValueError(
-                f"{name('averaging')} {'has' if not holds_sums else 'lacks'} sums, but the state "
-                f"{'has' if holds_sums else 'has no'} open averaging window or write-back due"
+                f"{name('averaging')} has sums, but the state has no averaging window open or to write back"
             )
-        k = delay if values["write_back_due"] else values["delay_count"]
-        if holds_sums and state["averaging"]["total_weight"] != k * (k + 1) / 2:
+        k = values["delay_count"] if values["pending"] else delay
+        if has_sums and state["averaging"]["total_weight"] != k * (k + 1) / 2:
             raise ValueError(
                 f"{name('averaging')}['total_weight'] is {state['averaging']['total_weight']!r}, "
                 f"expected {k * (k + 1) / 2} after {k} intervals of the window"
