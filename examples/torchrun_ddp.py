@@ -90,7 +90,7 @@ def main() -> None:
 
     histories = [None] * world
     dist.all_gather_object(histories, scheduler.history)
-    local_bytes = scheduler.velocity.trajectory.buffer_bytes()
+    local_bytes = scheduler.trajectory.buffer_bytes()
     all_bytes = [None] * world
     dist.all_gather_object(all_bytes, local_bytes)
     if rank == 0:

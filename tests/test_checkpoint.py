@@ -8,8 +8,6 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from autodrop import AngularVelocity, AutoDrop, ShardedState
 
-pytestmark = pytest.mark.usefixtures("stepping")
-
 
 def build():
     torch.manual_seed(0)
@@ -39,7 +37,7 @@ def test_dcp_round_trip_inside_a_delay_window_continues_identically(tmp_path):
 
     model, optimizer, scheduler = build()
     train(model, optimizer, scheduler, range(stop))
-    assert scheduler.window_average.active
+    assert scheduler.sums is not None
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save(
         {"model": model_state, "optimizer": optimizer_state, "autodrop": ShardedState(scheduler)},
@@ -56,7 +54,7 @@ def test_dcp_round_trip_inside_a_delay_window_continues_identically(tmp_path):
     dcp.load(state, checkpoint_id=str(tmp_path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), saved))
-    assert scheduler.window_average.active and scheduler.pending
+    assert scheduler.sums is not None and scheduler.pending
     train(model, optimizer, scheduler, range(stop, 20))
     assert scheduler.history == reference
 

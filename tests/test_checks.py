@@ -8,10 +8,10 @@ from autodrop.trajectory import ParameterTrajectory
 
 
 def test_messages_name_the_value_and_the_allowed_range():
-    with pytest.raises(ValueError, match=r"rho must be in \(0, 1\), got 2"):
-        check_real("rho", 2, "in (0, 1)", lambda v: 0 < v < 1)
-    with pytest.raises(TypeError, match=r"rho must be a real number \(in \(0, 1\)\), got True"):
-        check_real("rho", True, "in (0, 1)", lambda v: 0 < v < 1)
+    with pytest.raises(ValueError, match=r"rho must be a real number in \(0, 1\), got 2"):
+        check_real("rho", 2, "(0, 1)")
+    with pytest.raises(TypeError, match=r"rho must be a real number in \(0, 1\), got True"):
+        check_real("rho", True, "(0, 1)")
     with pytest.raises(ValueError, match=r"k must be an int in \[1, 3\], got 4"):
         check_int("k", 4, 1, 3)
     with pytest.raises(ValueError, match=r"mode must be one of 'a', 'b', got 3"):
@@ -37,7 +37,7 @@ def test_tensor_lists_are_checked_for_length_type_shape_dtype_and_finiteness():
 
 
 def test_the_pieces_under_autodrop_check_their_arguments_too():
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be a real number in \(0, inf\)"):
         AngularVelocity([torch.zeros(2)], eps=0.0)
     with pytest.raises(ValueError, match="snapshot_device 'gpu0' is not a valid device"):
         ParameterTrajectory([torch.zeros(2)], snapshot_device="gpu0")
@@ -48,5 +48,5 @@ def test_the_pieces_under_autodrop_check_their_arguments_too():
         ParameterTrajectory([torch.tensor([float("inf")])])
     with pytest.raises(ValueError, match=r"window must be an int in \[1, 10000\], got 0"):
         PaperRule(0.1, 1.0, window=0)
-    with pytest.raises(ValueError, match=r"max_threshold must be >= threshold"):
+    with pytest.raises(ValueError, match=r"max_threshold must be a real number in \[0.1, inf\)"):
         PaperRule(0.1, 0.05)

@@ -13,7 +13,7 @@ def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
     assert "drops; final lr" in printed
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     rows = (tmp_path / "history.csv").read_text().splitlines()
-    assert rows[0].startswith("interval,omega,delta,threshold,event,reason,lr") and len(rows) == 1 + 12
+    assert rows[0].startswith("interval,step,omega,delta,threshold,event,reason,lr") and len(rows) == 1 + 12
 
 
 def test_bench_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
@@ -114,17 +114,17 @@ def test_bad_input_is_one_line_naming_the_option_and_exit_status_2(tmp_path, cap
         (["bench", "--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'"),
         (["bench", "--device", "mps"], "--device must be auto, cpu, cuda or cuda:N, got 'mps'"),
         (["bench", "--device", "xpu"], "--device must be auto, cpu, cuda or cuda:N, got 'xpu'"),
-        (["bench", "--lrs", "0.1", "-1"], "--lrs must be a finite number > 0, got -1"),
+        (["bench", "--lrs", "0.1", "-1"], "--lrs must be a real number in (0, inf), got -1"),
         (["bench", "--jobs", "0"], "--jobs must be an int >= 1, got 0"),
         (["nqm", "--iterations", "0"], "--iterations must be an int >= 10, got 0"),
         (["nqm", "--autodrop-iterations", "3"], "--autodrop-iterations must be an int >= 10, got 3"),
-        (["nqm", "--momentum", "nan"], "--momentum must be a finite number in [0, 1), got nan"),
+        (["nqm", "--momentum", "nan"], "--momentum must be a real number in [0, 1), got nan"),
         (["nqm", "--out", str(a_file)], "is a file; give a folder"),
-        (["demo", "--lr", "-1"], "--lr must be a finite number > 0, got -1"),
+        (["demo", "--lr", "-1"], "--lr must be a real number in (0, inf), got -1"),
         (["demo", "--samples", "0"], "--samples must be an int >= 10, got 0"),
         (["demo", "--epochs", "x"], "--epochs must be an int >= 1, got 'x'"),
         (["calibrate", "--replications", "0"], "--replications must be an int >= 1, got 0"),
-        (["calibrate", "--sigmas", "1", "-2"], "--sigmas must be a finite number >= 0, got -2"),
+        (["calibrate", "--sigmas", "1", "-2"], "--sigmas must be a real number in [0, inf), got -2"),
     ]
     if os.geteuid() != 0:  # root writes anywhere
         cases.append((["demo", "--out", str(locked)], "is not writable"))
@@ -144,7 +144,7 @@ def test_demo_prints_a_skipped_interval_without_an_omega(tmp_path, capsys, monke
         original(self, optimizer, **kwargs)
 
     monkeypatch.setattr(scheduler.AutoDrop, "__init__", faulty)
-    with pytest.warns(RuntimeWarning, match="did not move"):
+    with pytest.warns(UserWarning, match="did not move"):
         main(["demo", "--out", str(tmp_path), "--epochs", "3", "--samples", "200", "--delay", "1"])
     assert "skipped   omega      - deg" in capsys.readouterr().out
 

@@ -27,7 +27,7 @@ def test_integrations_without_their_framework_name_the_extra(monkeypatch, integr
 
 def test_importing_autodrop_imports_no_optional_framework():
     code = (
-        "import sys, autodrop, autodrop.integrations, autodrop.history_log\n"
+        "import sys, autodrop, autodrop.integrations, autodrop.history\n"
         "print(sorted(m for m in ('lightning', 'transformers', 'tensorboard', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

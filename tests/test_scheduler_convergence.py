@@ -93,7 +93,7 @@ def test_stepping_on_after_convergence_changes_nothing_but_the_history():
         assert torch.equal(param, moved)  # no averaging, no write-back
     after = scheduler.state_dict()
     assert len(calls) == 2 and optimizer.param_groups[0]["lr"] == 0.05
-    for key in ("num_drops", "converged", "pending", "delay_count", "detector", "averaging", "_last_lr"):
+    for key in ("num_drops", "converged", "pending", "delay_count", "detector", "sums", "_last_lr"):
         assert states_equal(after[key], before[key]), key
     assert [r["event"] for r in scheduler.history[-4:]] == [None] * 4
     assert [r["omega"] for r in scheduler.history[-4:]] == [pytest.approx(30.0)] * 4

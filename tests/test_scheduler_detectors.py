@@ -101,8 +101,7 @@ def test_real_training_resumes_bit_for_bit_from_every_interval():
     final = [p.detach().clone() for p in model.parameters()]
     for stop in range(1, epochs, 3):
         state = torch.load(io.BytesIO(checkpoints[stop - 1]), weights_only=True)
-        _, _, resumed_model, resumed_optimizer, _ = training_setup(seed=1)
-        resumed = AutoDrop(resumed_optimizer, detector=TrendTest(), delay=3)  # its state brings the settings
+        _, _, resumed_model, resumed_optimizer, resumed = training_setup(seed=1)  # the state brings the settings
         resumed_model.load_state_dict(state["model"])
         resumed_optimizer.load_state_dict(state["optimizer"])
         resumed.load_state_dict(state["scheduler"])
@@ -127,38 +126,3 @@ def test_a_checkpoint_of_another_detector_is_refused_and_changes_nothing():
     with pytest.raises(KeyError, match=r"state\['history'\]\[3\] lacks \['slope'\]"):
         trend.load_state_dict(broken)
     assert states_equal(trend.state_dict(), before)
-
-
-def test_a_version_1_checkpoint_of_the_paper_rule_still_loads():
-    _, _, scheduler, walk = planar("paper", threshold=2.0, max_threshold=8.0, window=2, delay=3)
-    scripted_run(scheduler.step, walk, [30.0, 31.0, 31.5, 40.0])
-    state = scheduler.state_dict()
-    detector = state.pop("detector")
-    del state["max_drops"], state["converged"], state["intervals"]  # version 3's
-    state["step_count"], state["last_lr"] = state.pop("_step_count") - 1, state.pop("_last_lr")
-    legacy = {
-        **state,
-        "version": 1,
-        "max_threshold": detector["max_threshold"],
-        "window": detector["window"],
-        "detector": {"threshold": detector["threshold"], "recent": detector["recent"]},
-    }
-    _, _, restored, _ = planar("paper")
-    restored.load_state_dict(legacy)
-    assert states_equal(restored.state_dict(), scheduler.state_dict())
-
-
-def test_a_version_2_checkpoint_loads_as_dropping_until_the_floor_and_not_converged():
-    _, _, scheduler, walk = planar(small_trend(), delay=2)
-    scripted_run(scheduler.step, walk, [30.0, 31.0, 32.0, 32.5, 33.0])
-    state = scheduler.state_dict()
-    legacy = {
-        key: value
-        for key, value in state.items()
-        if key not in ("max_drops", "converged", "intervals", "_step_count", "_last_lr")
-    }
-    legacy.update(step_count=state["_step_count"] - 1, last_lr=state["_last_lr"])
-    _, _, restored, _ = planar(small_trend(), max_drops=3)
-    restored.load_state_dict({**legacy, "version": 2})
-    assert restored.max_drops is None and not restored.converged
-    assert states_equal(restored.state_dict(), state)

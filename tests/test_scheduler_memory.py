@@ -14,8 +14,6 @@ import torch
 
 from autodrop import AutoDrop
 
-pytestmark = pytest.mark.usefixtures("stepping")
-
 
 def held_tensor_bytes(root, exclude):
     """Bytes of distinct storages of every tensor reachable from ``root``'s attributes.

@@ -209,7 +209,8 @@ def test_stepping_after_every_optimizer_step_warns_once_unless_that_is_intended(
             optimizer.step()
             scheduler.step()
     assert len([w for w in caught if "followed every" in str(w.message)]) == 1
-    model, optimizer, _ = build(SCHEDULERS["AutoDrop"])
+    model, optimizer, built = build(SCHEDULERS["AutoDrop"])
+    del built  # one AutoDrop per optimizer
     scheduler = AutoDrop(optimizer, interval="steps", **EAGER)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -8,8 +8,6 @@ from trajectories import PlanarWalk, angle64, flat64
 from autodrop import AngularVelocity
 from autodrop.velocity import angle_degrees
 
-pytestmark = pytest.mark.usefixtures("stepping")
-
 
 def planar_step(turn_degrees):
     return 0.3 * np.array([math.cos(math.radians(turn_degrees)), math.sin(math.radians(turn_degrees))])

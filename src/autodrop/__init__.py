@@ -15,7 +15,7 @@ framework integrations live in ``autodrop.integrations`` and import lazily.
 """
 
 from .detectors import Detector, PaperRule, TrendTest
-from .history_log import write_history_csv, write_history_tensorboard
+from .history import write_history_csv, write_history_tensorboard
 from .nqm import NoisyQuadratic
 from .optim import ACTIVE_PRESETS, ActiveAdaBelief, ActiveAdamW, ActiveLR, ActiveRAdam, ActiveSGD, AdaBelief
 from .scheduler import AutoDrop

@@ -9,7 +9,7 @@ path into a state dict such as ``state['detector']['threshold']``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -29,22 +29,37 @@ __all__ = [
 ]
 
 
-def check_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> float:
-    """A finite real number (not a bool) with ``ok(value)``; returns it as a float."""
+def _bound(text: str) -> float:
+    text = text.strip()
+    if "**" in text:
+        base, exponent = text.split("**")
+        return float(int(base) ** int(exponent))
+    return float(text)
+
+
+def check_real(name: str, value: Any, interval: str) -> float:
+    """A finite real number (not a bool) in ``interval``, written as in mathematics and stated once:
+    ``"(0, 1)"``, ``"[0, 180]"``, ``"(0, inf)"``, ``"[1, 2**53]"``; returns it as a float."""
+    low, high = map(_bound, interval[1:-1].split(","))
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number ({allowed}), got {value!r}")
+        raise TypeError(f"{name} must be a real number in {interval}, got {value!r}")
     try:
         number = float(value)
     except OverflowError:  # an int beyond float's range
         number = math.inf
-    if not (math.isfinite(number) and ok(number)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    above = low < number or (interval[0] == "[" and number == low)
+    below = number < high or (interval[-1] == "]" and number == high)
+    if not (math.isfinite(number) and above and below):
+        raise ValueError(f"{name} must be a real number in {interval}, got {value!r}")
     return number
 
 
-def check_optional_real(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> float | None:
+def check_optional_real(name: str, value: Any, interval: str) -> float | None:
     """``None`` or what :func:`check_real` accepts."""
-    return None if value is None else check_real(name, value, f"None or {allowed}", ok)
+    try:
+        return None if value is None else check_real(name, value, interval)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{error} (or None)") from None
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:

@@ -32,11 +32,18 @@ from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
 from .checks import check_int, check_keys, check_list, check_real
+from .history import RECORD_KEYS
 
 __all__ = ["DETECTORS", "Detector", "PaperRule", "TrendTest", "make_detector", "student_t_quantile"]
 
 MAX_WINDOW = 10_000
 """The largest window a detector accepts (intervals); far beyond any use, and a bound for checkpoints."""
+MAX_COUNT = 2**53
+"""The largest interval count a detector accepts (a float holds every int up to it exactly)."""
+
+
+def _check_omega(omega: Any) -> float:
+    return check_real("omega", omega, "[0, 180]")
 
 
 @runtime_checkable
@@ -68,9 +75,7 @@ def _check_omegas(name: str, values: Any, maximum: int) -> list[float]:
     values = check_list(name, values)
     if len(values) > maximum:
         raise ValueError(f"{name} has {len(values)} values, at most {maximum} are kept")
-    return [
-        check_real(f"{name}[{i}]", v, "an omega in [0, 180]", lambda v: 0 <= v <= 180) for i, v in enumerate(values)
-    ]
+    return [check_real(f"{name}[{i}]", v, "[0, 180]") for i, v in enumerate(values)]
 
 
 class PaperRule:
@@ -94,16 +99,14 @@ class PaperRule:
     name = "paper"
 
     def __init__(self, threshold: float = 0.01, max_threshold: float = 1.0, window: int = 1) -> None:
-        self.threshold = check_real("threshold", threshold, "> 0", lambda v: v > 0)
-        self.max_threshold = check_real(
-            "max_threshold", max_threshold, f">= threshold ({threshold})", lambda v: v >= self.threshold
-        )
+        self.threshold = check_real("threshold", threshold, "(0, inf)")
+        self.max_threshold = check_real("max_threshold", max_threshold, f"[{self.threshold}, inf)")
         self.window = check_int("window", window, 1, MAX_WINDOW)
         self.delta: float | None = None
         self._recent: deque[float] = deque(maxlen=self.window + 1)
 
     def observe(self, omega: float) -> bool:
-        self._recent.append(omega)
+        self._recent.append(_check_omega(omega))
         self.delta = None
         if len(self._recent) > self.window:
             values = list(self._recent)
@@ -127,8 +130,8 @@ class PaperRule:
 
     def check_state(self, state: Any, name: str = "detector state") -> None:
         _check_keys(name, state, self.name, ("threshold", "max_threshold", "window", "recent"))
-        maximum = check_real(f"{name}['max_threshold']", state["max_threshold"], "> 0", lambda v: v > 0)
-        check_real(f"{name}['threshold']", state["threshold"], f"in (0, {maximum}]", lambda v: 0 < v <= maximum)
+        maximum = check_real(f"{name}['max_threshold']", state["max_threshold"], "(0, inf)")
+        check_real(f"{name}['threshold']", state["threshold"], f"(0, {maximum}]")
         window = check_int(f"{name}['window']", state["window"], 1, MAX_WINDOW)
         _check_omegas(f"{name}['recent']", state["recent"], window + 1)
 
@@ -260,16 +263,16 @@ class TrendTest:
     Args:
         confidence: c, one-sided confidence of the bound, in (0.5, 1) (default 0.95).
         tolerance: Delta, degrees omega may still move over ``horizon`` intervals, ``> 0`` (default 2).
-        horizon: H, intervals, ``>= 1`` (default 20).
+        horizon: H, intervals, in [1, 2**53] (default 20).
         slowdown: q, the fraction of the phase's fastest climb below which omega
             has levelled off, in [0, 1) (0: only the absolute bound; default 0.3).
         window: W, the most recent omegas the slope is taken over, ``>= 3`` (default 15).
         min_intervals: omegas in a phase before it is tested, in [3, window] (default 8).
-        patience: consecutive passes needed, ``>= 1`` (default 4).
-        max_wait: every phase triggers once it has this many omegas, ``>= min_intervals``;
+        patience: consecutive passes needed, in [1, 2**53] (default 4).
+        max_wait: every phase triggers once it has this many omegas, in [min_intervals, 2**53];
             ``None`` = never (default 60).
         wait_factor: a phase after the first triggers after at most this times
-            the first phase's length, ``> 0``; ``None`` = only ``max_wait`` (default 1).
+            the first phase's length, in (0, 2**53]; ``None`` = only ``max_wait`` (default 1).
     """
 
     name = "trend"
@@ -286,36 +289,26 @@ class TrendTest:
         max_wait: int | None = 60,
         wait_factor: float | None = 1.0,
     ) -> None:
-        self.confidence = check_real("confidence", confidence, "in (0.5, 1)", lambda v: 0.5 < v < 1)
-        self.tolerance = check_real("tolerance", tolerance, "> 0", lambda v: v > 0)
-        self.horizon = check_int("horizon", horizon, 1)
-        self.slowdown = check_real("slowdown", slowdown, "in [0, 1)", lambda v: 0 <= v < 1)
+        self.confidence = check_real("confidence", confidence, "(0.5, 1)")
+        self.tolerance = check_real("tolerance", tolerance, "(0, inf)")
+        self.horizon = check_int("horizon", horizon, 1, MAX_COUNT)
+        self.slowdown = check_real("slowdown", slowdown, "[0, 1)")
         self.window = check_int("window", window, 3, MAX_WINDOW)
         self.min_intervals = check_int("min_intervals", min_intervals, 3, self.window)
-        self.patience = check_int("patience", patience, 1)
-        self.max_wait = None if max_wait is None else check_int("max_wait", max_wait, self.min_intervals)
-        self.wait_factor = (
-            None if wait_factor is None else check_real("wait_factor", wait_factor, "> 0", lambda v: v > 0)
-        )
+        self.patience = check_int("patience", patience, 1, MAX_COUNT)
+        self.max_wait = None if max_wait is None else check_int("max_wait", max_wait, self.min_intervals, MAX_COUNT)
+        self.wait_factor = None if wait_factor is None else check_real("wait_factor", wait_factor, "(0, 2**53]")
         self.first_phase: int | None = None
         self._start_phase()
 
     def _start_phase(self) -> None:
-        vars(self).update(self._phase_start())
-
-    def _phase_start(self) -> dict[str, Any]:
-        """The attributes of a phase with no omega yet."""
-        return {
-            "_recent": deque(maxlen=self.window),
-            "length": 0,
-            "passes": 0,
-            "peak_slope": 0.0,
-            "threshold": self.tolerance / self.horizon,
-            "fired_at": None,
-            "slope": None,
-            "delta": None,
-            "noise": None,
-        }
+        """A phase with no omega yet."""
+        self._recent: deque[float] = deque(maxlen=self.window)
+        self.length = 0
+        self.passes = 0
+        self.peak_slope = 0.0
+        self.fired_at: int | None = None
+        self._measure()
 
     @property
     def wait(self) -> int | None:
@@ -325,35 +318,25 @@ class TrendTest:
             waits.append(max(self.min_intervals, round(self.wait_factor * self.first_phase)))
         return min(waits, default=None)
 
-    def _measure(self, recent: deque[float], length: int, peak_slope: float) -> dict[str, Any]:
-        """The statistics of a phase with these omegas, as attributes (a pure function of its arguments)."""
-        if length < self.min_intervals:
-            return {
-                "slope": None,
-                "delta": None,
-                "noise": None,
-                "peak_slope": peak_slope,
-                "threshold": max(self.tolerance / self.horizon, self.slowdown * peak_slope),
-            }
-        slope, error, noise = ols_slope(list(recent))
-        delta = abs(slope) + student_t_quantile(self.confidence, len(recent) - 2) * error
-        peak_slope = max(peak_slope, slope)
-        threshold = max(self.tolerance / self.horizon, self.slowdown * peak_slope)
-        return {"slope": slope, "delta": delta, "noise": noise, "peak_slope": peak_slope, "threshold": threshold}
+    def _measure(self) -> None:
+        """The statistics of the phase's omegas so far (``slope``, ``delta``, ``noise``, ``threshold``)."""
+        self.slope = self.delta = self.noise = None
+        if self.length >= self.min_intervals:
+            self.slope, error, self.noise = ols_slope(list(self._recent))
+            self.delta = abs(self.slope) + student_t_quantile(self.confidence, len(self._recent) - 2) * error
+            self.peak_slope = max(self.peak_slope, self.slope)
+        self.threshold = max(self.tolerance / self.horizon, self.slowdown * self.peak_slope)
 
     def observe(self, omega: float) -> bool:
-        # Everything is computed first and committed in one update: an interrupt leaves the old state.
-        recent = deque(self._recent, maxlen=self.window)
-        recent.append(omega)
-        length = self.length + 1
-        update = {"_recent": recent, "length": length, **self._measure(recent, length, self.peak_slope)}
-        passes = self.passes
-        if update["delta"] is not None:
-            passes = passes + 1 if update["delta"] < update["threshold"] else 0
+        self._recent.append(_check_omega(omega))
+        self.length += 1
+        self._measure()
+        if self.delta is not None:
+            self.passes = self.passes + 1 if self.delta < self.threshold else 0
         wait = self.wait
-        saturated = passes >= self.patience or (wait is not None and length >= wait)
-        fired_at = length if saturated and self.fired_at is None else self.fired_at
-        vars(self).update(update, passes=passes, fired_at=fired_at)
+        saturated = self.passes >= self.patience or (wait is not None and self.length >= wait)
+        if saturated and self.fired_at is None:
+            self.fired_at = self.length
         return saturated
 
     def statistics(self) -> dict[str, float | None]:
@@ -366,10 +349,9 @@ class TrendTest:
         }
 
     def on_drop(self, factor: float) -> None:
-        first_phase = self.first_phase
-        if first_phase is None:
-            first_phase = self.fired_at if self.fired_at is not None else self.length
-        vars(self).update(self._phase_start(), first_phase=first_phase)
+        if self.first_phase is None:
+            self.first_phase = self.fired_at if self.fired_at is not None else self.length
+        self._start_phase()
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -403,7 +385,7 @@ class TrendTest:
             settings = TrendTest(**{key: state[key] for key in self._settings()})
         except (TypeError, ValueError) as error:
             raise type(error)(f"{name}: {error}") from None
-        length = check_int(f"{name}['length']", state["length"], 0)
+        length = check_int(f"{name}['length']", state["length"], 0, MAX_COUNT)
         recent = _check_omegas(f"{name}['recent']", state["recent"], settings.window)
         if len(recent) != min(length, settings.window):
             raise ValueError(
@@ -411,40 +393,47 @@ class TrendTest:
                 f"{min(length, settings.window)} of the phase's {length}"
             )
         check_int(f"{name}['passes']", state["passes"], 0, max(0, length - settings.min_intervals + 1))
-        check_real(f"{name}['peak_slope']", state["peak_slope"], ">= 0", lambda v: v >= 0)
+        check_real(f"{name}['peak_slope']", state["peak_slope"], "[0, inf)")
         if state["fired_at"] is not None:
             check_int(f"{name}['fired_at']", state["fired_at"], 1, length)
         if state["first_phase"] is not None:
-            check_int(f"{name}['first_phase']", state["first_phase"], 1)
+            check_int(f"{name}['first_phase']", state["first_phase"], 1, MAX_COUNT)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check ``state`` completely (:meth:`check_state`), then apply it; the statistics are recomputed."""
         self.check_state(state)
-        restored = TrendTest(**{key: state[key] for key in self._settings()})
-        recent = deque((float(omega) for omega in state["recent"]), maxlen=restored.window)
-        vars(restored).update(
-            restored._measure(recent, int(state["length"]), float(state["peak_slope"])),
-            _recent=recent,
-            length=int(state["length"]),
-            passes=int(state["passes"]),
-            fired_at=_optional_int(state["fired_at"]),
-            first_phase=_optional_int(state["first_phase"]),
-        )
-        vars(self).update(vars(restored))
+        self.__init__(**{key: state[key] for key in self._settings()})
+        self._recent.extend(float(omega) for omega in state["recent"])
+        self.length, self.passes = int(state["length"]), int(state["passes"])
+        self.peak_slope = float(state["peak_slope"])
+        self.fired_at, self.first_phase = _optional_int(state["fired_at"]), _optional_int(state["first_phase"])
+        self._measure()
 
 
 DETECTORS: dict[str, type] = {PaperRule.name: PaperRule, TrendTest.name: TrendTest}
 
 
-def make_detector(detector: Any) -> Detector:
-    """A detector from a name in :data:`DETECTORS` (default settings) or a detector object."""
+def make_detector(detector: Any, **paper_options: Any) -> Detector:
+    """A detector from a name in :data:`DETECTORS` or a detector object. ``paper_options`` (those not
+    None) configure :class:`PaperRule` and need ``detector="paper"``; a detector's statistics may not
+    be named like the history record's own keys."""
+    given = {key: value for key, value in paper_options.items() if value is not None}
+    if given and detector != PaperRule.name:
+        name = detector if isinstance(detector, str) else type(detector).__name__
+        raise ValueError(
+            f"{', '.join(given)} configure the paper's rule and need detector='paper' (detector is {name!r}); "
+            "configure another detector by passing it as an object, e.g. detector=TrendTest(max_wait=40)"
+        )
     if isinstance(detector, str):
         if detector not in DETECTORS:
             raise ValueError(f"detector must be one of {sorted(DETECTORS)} or a detector object, got {detector!r}")
-        return DETECTORS[detector]()
+        return DETECTORS[detector](**given)
     if not isinstance(detector, Detector):
         raise TypeError(
             f"detector must be a name ({', '.join(sorted(DETECTORS))}) or an object with the Detector protocol "
             f"(observe, statistics, on_drop, state_dict, check_state, load_state_dict), got {type(detector).__name__}"
         )
+    clashes = sorted(set(detector.statistics()) & set(RECORD_KEYS))
+    if clashes:
+        raise ValueError(f"detector statistics {clashes} clash with the history record's own keys {RECORD_KEYS}")
     return detector

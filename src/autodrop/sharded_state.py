@@ -25,7 +25,6 @@ from torch import Tensor
 from .checks import check_bool, check_keys
 from .distributed import dtensor_like, is_dtensor, local_tensor
 from .scheduler import AutoDrop
-from .trajectory import ParameterTrajectory
 from .velocity import AngularVelocity
 
 __all__ = ["ShardedState"]
@@ -56,27 +55,16 @@ class ShardedState:
         if not isinstance(owner, (AutoDrop, AngularVelocity)):
             raise TypeError(f"owner must be an AutoDrop or an AngularVelocity, got {type(owner).__name__}")
         self.owner = owner
-        velocity = owner.velocity if isinstance(owner, AutoDrop) else owner
-        self.trajectory: ParameterTrajectory = velocity.trajectory
-
-    def _trajectory_state(self, state: dict) -> dict:
-        velocity_state = state.get("velocity") if isinstance(self.owner, AutoDrop) else state
-        if not isinstance(velocity_state, dict) or not isinstance(velocity_state.get("trajectory"), dict):
-            raise KeyError("sharded state['meta'] lacks the velocity's trajectory state")
-        return velocity_state["trajectory"]
 
     def state_dict(self) -> dict[str, Any]:
         """``{"buffers": {name: {param index: tensor}}, "meta": bytes}``."""
         state = self.owner.state_dict()
-        trajectory_state = self._trajectory_state(state)
-        buffers = {name: self._per_parameter(trajectory_state.pop(key)) for name, key in _BUFFERS}
+        trajectory = self.owner.trajectory
+        buffers = {name: self._per_parameter(state["trajectory"].pop(key)) for name, key in _BUFFERS}
         if isinstance(self.owner, AutoDrop):
-            averaging = state["averaging"]
-            sums = averaging.pop("sums")
-            averaging["active"] = sums is not None
-            if sums is None:
-                sums = [torch.zeros_like(s) for s in self.trajectory.snapshots()]
-            buffers["sum"] = self._per_parameter(sums)
+            sums = state.pop("sums")
+            state["active"] = sums is not None
+            buffers["sum"] = self._per_parameter(trajectory.zeros() if sums is None else sums)
         meta = io.BytesIO()
         torch.save(state, meta)
         return {"buffers": buffers, "meta": meta.getvalue()}
@@ -99,43 +87,36 @@ class ShardedState:
             state = torch.load(io.BytesIO(state_dict["meta"]), weights_only=True)
         except Exception as error:
             raise ValueError(f"sharded state['meta'] cannot be read: {error}") from None
-        if not isinstance(state, dict):
-            raise TypeError(f"sharded state['meta'] must hold a dict, got {type(state).__name__}")
-        trajectory_state = self._trajectory_state(state)
+        if not isinstance(state, dict) or not isinstance(state.get("trajectory"), dict):
+            raise TypeError("sharded state['meta'] must hold a state dict with a 'trajectory' dict")
         for name, key in _BUFFERS:
-            trajectory_state[key] = self._flat(name, buffers[name])
+            state["trajectory"][key] = self._flat(name, buffers[name])
         if isinstance(self.owner, AutoDrop):
-            averaging = state.get("averaging")
-            check_keys("sharded state['meta']['averaging']", averaging, ("active", "total_weight"))
-            active = check_bool("sharded state['meta']['averaging']['active']", averaging.pop("active"))
-            averaging["sums"] = self._flat("sum", buffers["sum"]) if active else None
+            active = check_bool("sharded state['meta']['active']", state.pop("active", None))
+            state["sums"] = self._flat("sum", buffers["sum"]) if active else None
         self.owner.load_state_dict(state)
 
     def _per_parameter(self, flats: list[Tensor]) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {}
-        index = {id(p): i for i, p in enumerate(self.trajectory.params)}
-        for bucket, flat in zip(self.trajectory.buckets, flats, strict=True):
-            for param, view in zip(bucket.params, bucket.views(flat), strict=True):
-                tensors[str(index[id(param)])] = dtensor_like(view, param) if is_dtensor(param) else view
-        return tensors
+        trajectory = self.owner.trajectory
+        return {
+            str(index): dtensor_like(view, param) if is_dtensor(param) else view
+            for index, (param, view) in enumerate(zip(trajectory.params, trajectory.views(flats)))
+        }
 
     def _flat(self, name: str, tensors: dict[str, Tensor]) -> list[Tensor]:
-        index = {id(p): i for i, p in enumerate(self.trajectory.params)}
-        flats = []
-        for bucket in self.trajectory.buckets:
-            flat = torch.empty_like(bucket.snapshot)
-            for param, view in zip(bucket.params, bucket.views(flat), strict=True):
-                key = str(index[id(param)])
-                if key not in tensors:
-                    raise ValueError(f"checkpoint has no {name} buffer for parameter {key}")
-                if not isinstance(tensors[key], Tensor):
-                    raise TypeError(f"checkpoint {name} buffer of parameter {key} must be a tensor")
-                saved = local_tensor(tensors[key])
-                if saved.shape != view.shape:
-                    raise ValueError(
-                        f"checkpoint {name} buffer of parameter {key} is {tuple(saved.shape)} on this "
-                        f"rank, the parameter's local shard is {tuple(view.shape)}"
-                    )
-                view.copy_(saved)
-            flats.append(flat)
+        trajectory = self.owner.trajectory
+        flats = [torch.empty_like(s) for s in trajectory.snapshots()]
+        for index, view in enumerate(trajectory.views(flats)):
+            key = str(index)
+            if key not in tensors:
+                raise ValueError(f"checkpoint has no {name} buffer for parameter {key}")
+            if not isinstance(tensors[key], Tensor):
+                raise TypeError(f"checkpoint {name} buffer of parameter {key} must be a tensor")
+            saved = local_tensor(tensors[key])
+            if saved.shape != view.shape:
+                raise ValueError(
+                    f"checkpoint {name} buffer of parameter {key} is {tuple(saved.shape)} on this "
+                    f"rank, the parameter's local shard is {tuple(view.shape)}"
+                )
+            view.copy_(saved)
         return flats

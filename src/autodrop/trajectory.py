@@ -11,7 +11,7 @@ downstream sees the sign.
 Layout: parameters are grouped into buckets by (device, dtype, counted). A
 bucket's two flat buffers hold its parameters' elements in order, in
 ``promote_types(dtype, float32)`` (so fp16/bf16 parameters are measured in fp32).
-Every pass works chunk by chunk, at most :data:`CPU_REDUCTION_CHUNK` (CPU) or
+Measuring works chunk by chunk, at most :data:`CPU_REDUCTION_CHUNK` (CPU) or
 :data:`REDUCTION_CHUNK` elements at a time: a chunk is a run of whole small
 parameters, gathered by one ``torch.cat``, or a piece of one large parameter,
 used as a view. No flat copy of the model is ever made.
@@ -22,18 +22,22 @@ A step is two passes, and nothing is written before the host has seen its sums:
    ``d = snapshot - x_i`` in a chunk-sized work tensor and takes ``<d, d_{i-1}>``
    and ``|d|^2`` with float64 products; the chunks' partial sums go to the host
    once and are added exactly (``math.fsum``).
-2. :meth:`ParameterTrajectory.commit`, for a finite nonzero step only, writes per
-   chunk ``previous := snapshot - x_i`` (the same subtraction of the same values
-   as in the first pass: the same bits) and ``snapshot := x_i``.
+2. :meth:`ParameterTrajectory.commit`, for a finite nonzero step only, writes
+   piece by piece ``previous := snapshot - x_i`` (the same subtraction of the
+   same values as in the first pass: the same bits) and ``snapshot := x_i``. It
+   allocates nothing (nor does :meth:`ParameterTrajectory.write_params` once its
+   scratch exists), so only a device fault can stop a write halfway.
 
 A step with a NaN/Inf, or a zero step (nothing moved: all frozen, or lr 0), is not
 committed: the next interval is measured from the same snapshot against the
 last nonzero step. The buffers are finite by construction, so a non-finite sum
-means non-finite current parameters. The products are float64, so omega matches
-a float64 reference at any angle (also within a few thousandths of a degree of
-0 or 180, where ``arccos`` magnifies the error of fp32 products a
-thousandfold), and steps of 1e-40 or 1e20 are measured rather than reported as
-zero or infinite.
+means non-finite current parameters, or a step beyond what float64 squares hold.
+The products are float64, so omega matches a float64 reference at any angle
+(also within a few thousandths of a degree of 0 or 180, where ``arccos``
+magnifies the error of fp32 products a thousandfold). The measurable range:
+steps whose elements' squares are normal float64 numbers, about
+``1e-154 < |d_j| < 1e154`` (steps of 1e-40 or 1e20 are measured); a larger step
+is reported as ``"nonfinite"``, a step of smaller elements as ``"zero_step"``.
 
 Under torch.distributed the buckets hold each rank's local tensors (the
 ``to_local()`` shard of a DTensor); the counted buckets' partial sums are added
@@ -43,6 +47,7 @@ in float64 on the device and over the process group in one ``all_reduce`` (see
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -221,36 +226,51 @@ class _Bucket:
 
     def commit(self, pieces: list[list[Tensor]], total: Tensor | None, weight: float) -> None:
         """``total += weight x_i`` (when given), ``previous := snapshot - x_i`` and ``snapshot := x_i``,
-        chunk by chunk."""
-        for start, stop, now in self._chunks(pieces):
-            if total is not None:
-                total[start:stop].add_(now, alpha=weight)
-            torch.sub(self.snapshot[start:stop], now, out=self.previous[start:stop])
-            self.snapshot[start:stop].copy_(now)
+        piece by piece: nothing is allocated, so only a device fault can stop it halfway."""
+        for (start, _, _), chunk in zip(self.chunks, pieces):
+            for now in chunk:
+                stop = start + now.numel()
+                if total is not None:
+                    total[start:stop].add_(now, alpha=weight)
+                torch.sub(self.snapshot[start:stop], now, out=self.previous[start:stop])
+                self.snapshot[start:stop].copy_(now)
+                start = stop
 
     def snapshot_current(self) -> None:
         """``snapshot := x_i``: the parameters as they are now (the previous step stays)."""
-        for start, stop, now in self._chunks(self.pieces(self.current("snapshot_current"))):
-            self.snapshot[start:stop].copy_(now)
+        for (start, _, _), chunk in zip(self.chunks, self.pieces(self.current("snapshot_current"))):
+            for now in chunk:
+                self.snapshot[start : start + now.numel()].copy_(now)
+                start += now.numel()
 
-    def write(self, flat: Tensor, divisor: float) -> None:
-        """Write ``flat / divisor`` into the parameters (this rank's parts), never changing ``flat``."""
-        for tensor, view in zip(self.local_params(), self.views(flat)):
-            if tensor.is_contiguous() and tensor.numel() > self.chunk_size:
-                target, source = tensor.view(-1), view.reshape(-1)
-                for first in range(0, tensor.numel(), self.chunk_size):
-                    last = min(first + self.chunk_size, tensor.numel())
-                    target[first:last].copy_(source[first:last] / divisor)
-            else:
-                tensor.copy_(view / divisor)
+    def work_tensor(self) -> Tensor:
+        """The scratch :meth:`write` needs: a chunk, or the largest non-contiguous parameter (written whole)."""
+        whole = [t.numel() for t in self.local_params() if not t.is_contiguous()]
+        return torch.empty(
+            max([min(self.numel, self.chunk_size), *whole]), dtype=self.dtype, device=self.snapshot.device
+        )
+
+    def write(self, flat: Tensor, divisor: float, work: Tensor) -> None:
+        """``params := flat / divisor`` (this rank's parts) and ``snapshot := params``, through ``work``
+        (from :meth:`work_tensor`); ``flat`` is not changed and nothing is allocated."""
+        for tensor, view, (offset, stop) in zip(self.local_params(), self.views(flat), self.ranges()):
+            size = work.numel() if tensor.is_contiguous() else tensor.numel()
+            for first in range(0, tensor.numel(), max(size, 1)):
+                last = min(first + size, tensor.numel())
+                target = tensor.view(-1)[first:last] if tensor.is_contiguous() else tensor
+                scratch = work[: last - first].view(target.shape)
+                torch.div(view.reshape(-1)[first:last].view(target.shape), divisor, out=scratch)
+                target.copy_(scratch)
+                self.snapshot[offset + first : offset + last].view(target.shape).copy_(target)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Each parameter's ``[start, stop)`` in the flat buffers, in order."""
+        ends = list(itertools.accumulate(shape.numel() for shape in self.shapes))
+        return list(zip([0, *ends[:-1]], ends))
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of ``flat`` shaped like the parameters, in order."""
-        views, offset = [], 0
-        for shape in self.shapes:
-            views.append(flat[offset : offset + shape.numel()].view(shape))
-            offset += shape.numel()
-        return views
+        return [flat[start:stop].view(shape) for (start, stop), shape in zip(self.ranges(), self.shapes)]
 
 
 def _host_sum(values: list[float]) -> float:
@@ -311,40 +331,44 @@ class ParameterTrajectory:
 
     @torch.inference_mode(False)
     @torch.no_grad()
-    def with_params(self, params: Iterable[Tensor]) -> ParameterTrajectory:
-        """A new trajectory over ``params`` (e.g. after a param group was added); this one is unchanged.
+    def with_params(
+        self, params: Iterable[Tensor], sums: Sequence[Tensor] | None, weight: float
+    ) -> tuple[ParameterTrajectory, list[Tensor] | None]:
+        """A new trajectory over ``params`` (e.g. after a param group was added), and ``sums`` (an open
+        averaging window's flat sums of total weight ``weight``) laid out for it; nothing here changes.
 
-        Every tracked tensor among ``params`` keeps its snapshot and previous step;
-        a new one starts at its current value with a zero previous step, so its
-        step is zero in the interval it joins. Both trajectories' buffers exist
-        until the caller drops this one.
+        Every tracked tensor among ``params`` keeps its snapshot, previous step and sum; a new one
+        starts at its current value with a zero previous step (its step is zero in the interval it
+        joins) and, inside a window, counts as having stayed at that value: its sum is ``weight x_0``.
         """
-        snapshots = self.views_by_param(self.snapshots())
-        steps = self.views_by_param([b.previous for b in self.buckets])
+        old = {id(p): views for p, *views in zip(self.params, *map(self.views, self._held(sums)))}
         joined = ParameterTrajectory(params, self.snapshot_device, self.process_group)
-        for p, snapshot, step in zip(
-            joined.params, joined.views(joined.snapshots()), joined.views([b.previous for b in joined.buckets])
-        ):
-            if id(p) in snapshots:
-                snapshot.copy_(snapshots[id(p)])
-                step.copy_(steps[id(p)])
         joined.previous_norm_sq = self.previous_norm_sq
-        return joined
+        new_sums = None if sums is None else [torch.empty_like(s) for s in joined.snapshots()]
+        for p, *views in zip(joined.params, *map(joined.views, joined._held(new_sums))):
+            if id(p) in old:
+                for view, saved in zip(views, old[id(p)]):
+                    view.copy_(saved)
+            elif new_sums is not None:
+                torch.mul(views[0], weight, out=views[2])
+        return joined, new_sums
+
+    def _held(self, sums: Sequence[Tensor] | None) -> list[Sequence[Tensor]]:
+        """The flat buffers per bucket: snapshots, previous steps, and ``sums`` when given."""
+        held = [self.snapshots(), [b.previous for b in self.buckets]]
+        return held if sums is None else [*held, sums]
 
     def views(self, flats: Sequence[Tensor]) -> list[Tensor]:
-        """Views of flat per-bucket vectors laid out like the snapshots, in :attr:`params` order."""
-        by_param = self.views_by_param(flats)
-        return [by_param[id(p)] for p in self.params]
-
-    def views_by_param(self, flats: Sequence[Tensor]) -> dict[int, Tensor]:
-        """``id(param)`` -> its view into flat per-bucket vectors laid out like the snapshots."""
-        return {
+        """Views of flat per-bucket vectors laid out like the snapshots, in :attr:`params` order: the
+        public per-parameter view of every buffer (e.g. for a checkpoint per parameter)."""
+        by_param = {
             id(p): view for b, flat in zip(self.buckets, flats, strict=True) for p, view in zip(b.params, b.views(flat))
         }
+        return [by_param[id(p)] for p in self.params]
 
-    @property
-    def numel(self) -> int:
-        return sum(b.numel for b in self.buckets)
+    def zeros(self) -> list[Tensor]:
+        """Flat per-bucket zeros laid out like the snapshots (an averaging window's empty sums)."""
+        return [torch.zeros_like(s) for s in self.snapshots()]
 
     def buffer_bytes(self) -> int:
         """Bytes held in the snapshot and step buffers."""
@@ -416,11 +440,11 @@ class ParameterTrajectory:
     @torch.no_grad()
     def write_params(self, flats: Sequence[Tensor], divisor: float = 1.0) -> None:
         """Write ``flat / divisor`` (flat per-bucket vectors laid out like the snapshots) into the
-        parameters, then take them as the snapshot. ``flats`` are not changed, so an interrupted
-        write can simply be repeated."""
-        for b, flat in zip(self.buckets, flats, strict=True):
-            b.write(flat, divisor)
-        self.snapshot_current()
+        parameters, and take them as the snapshot. ``flats`` are not changed; the scratch it needs is
+        allocated before the first write."""
+        works = [b.work_tensor() for b in self.buckets]
+        for b, flat, work in zip(self.buckets, flats, works, strict=True):
+            b.write(flat, divisor, work)
 
     def state_dict(self) -> dict:
         return {
@@ -433,32 +457,26 @@ class ParameterTrajectory:
     def check_state(self, state: Any, name: str = "trajectory state") -> None:
         """Raise if ``state`` does not fit these parameters, parameter by parameter; changes nothing.
 
-        ``shapes`` are the parameters' full shapes (of a DTensor: the global one), the
-        buffers this rank's part. A state saved before ``shapes`` were recorded is
-        checked per bucket only.
+        ``shapes`` are the parameters' full shapes (of a DTensor: the global one), so that a state
+        of another model with the same number of elements is refused; the buffers are this rank's part.
         """
-        check_keys(name, state, ("snapshots", "steps", "previous_norm_sq"), optional=("shapes",))
+        check_keys(name, state, ("snapshots", "steps", "shapes", "previous_norm_sq"))
         buffers = self.snapshots()
         check_tensors_like(f"{name}['snapshots']", state["snapshots"], buffers)
         check_tensors_like(f"{name}['steps']", state["steps"], buffers)
-        if "shapes" in state:
-            shapes = check_list(f"{name}['shapes']", state["shapes"], len(self.buckets))
-            for index, (bucket_shapes, b) in enumerate(zip(shapes, self.buckets)):
-                where = f"{name}['shapes'][{index}]"
-                saved = [
-                    [
-                        check_int(f"{where}[{i}][{d}]", size, 0)
-                        for d, size in enumerate(check_list(f"{where}[{i}]", shape))
-                    ]
-                    for i, shape in enumerate(check_list(where, bucket_shapes))
-                ]
-                expected = b.full_shapes
-                if saved != expected:
-                    raise ValueError(
-                        f"{where} is {saved!r}, but the parameters measured here have shapes "
-                        f"{expected!r}: the state belongs to another model"
-                    )
-        previous = check_optional_real(f"{name}['previous_norm_sq']", state["previous_norm_sq"], "> 0", lambda v: v > 0)
+        shapes = check_list(f"{name}['shapes']", state["shapes"], len(self.buckets))
+        for index, (bucket_shapes, b) in enumerate(zip(shapes, self.buckets)):
+            where = f"{name}['shapes'][{index}]"
+            saved = [
+                [check_int(f"{where}[{i}][{d}]", size, 0) for d, size in enumerate(check_list(f"{where}[{i}]", shape))]
+                for i, shape in enumerate(check_list(where, bucket_shapes))
+            ]
+            if saved != b.full_shapes:
+                raise ValueError(
+                    f"{where} is {saved!r}, but the parameters measured here have shapes "
+                    f"{b.full_shapes!r}: the state belongs to another model"
+                )
+        previous = check_optional_real(f"{name}['previous_norm_sq']", state["previous_norm_sq"], "(0, inf)")
         if self.counting.world_size > 1:
             return  # the steps are this rank's shards; previous_norm_sq is the sum over all ranks
         stored = sum(float(torch.dot(s.reshape(-1).double(), s.reshape(-1).double())) for s in state["steps"])

@@ -20,13 +20,20 @@ from .checks import check_device, check_keys, check_optional_real, check_real
 from .interrupts import deferred_signals
 from .trajectory import ParameterTrajectory, StepStatistics
 
-__all__ = ["AngularVelocity", "angle_degrees"]
+__all__ = ["AngularVelocity", "angle_degrees", "omega_of"]
 
 
 def angle_degrees(dot: float, norm_sq_u: float, norm_sq_v: float, eps: float) -> float:
     """``(180/pi) arccos(clamp(<u,v> / (|u| |v| + eps), -1, 1))`` from the three reductions."""
     cosine = dot / (math.sqrt(norm_sq_u) * math.sqrt(norm_sq_v) + eps)
     return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
+
+
+def omega_of(stats: StepStatistics, eps: float) -> float | None:
+    """Omega in degrees from a step's sums; None for the first step and for a faulty one."""
+    if stats.fault is not None or stats.dot is None or stats.previous_norm_sq is None:
+        return None
+    return angle_degrees(stats.dot, stats.norm_sq, stats.previous_norm_sq, eps=eps)
 
 
 class AngularVelocity:
@@ -77,7 +84,7 @@ class AngularVelocity:
         snapshot_device: torch.device | str | None = None,
         process_group: Any = None,
     ) -> None:
-        self.eps = check_real("eps", eps, "> 0", lambda v: v > 0)
+        self.eps = check_real("eps", eps, "(0, inf)")
         self.trajectory = ParameterTrajectory(params, check_device("snapshot_device", snapshot_device), process_group)
         self.omega: float | None = None
         self.last_statistics: StepStatistics | None = None
@@ -89,16 +96,10 @@ class AngularVelocity:
         """
         with deferred_signals():
             measurement = self.trajectory.measure()
-            omega = self.omega_of(measurement.statistics)
+            omega = omega_of(measurement.statistics, self.eps)
             self.trajectory.commit(measurement)
             self.last_statistics, self.omega = measurement.statistics, omega
         return omega
-
-    def omega_of(self, stats: StepStatistics) -> float | None:
-        """Omega in degrees from a step's sums; None for the first step and for a faulty one."""
-        if stats.fault is not None or stats.dot is None or stats.previous_norm_sq is None:
-            return None
-        return angle_degrees(stats.dot, stats.norm_sq, stats.previous_norm_sq, eps=self.eps)
 
     def state_dict(self) -> dict:
         return {"eps": self.eps, "omega": self.omega, "trajectory": self.trajectory.state_dict()}
@@ -106,8 +107,8 @@ class AngularVelocity:
     def check_state(self, state: Any, name: str = "velocity state") -> None:
         """Raise if ``state`` does not fit these parameters; changes nothing."""
         check_keys(name, state, ("eps", "omega", "trajectory"))
-        check_real(f"{name}['eps']", state["eps"], "> 0", lambda v: v > 0)
-        check_optional_real(f"{name}['omega']", state["omega"], "in [0, 180]", lambda v: 0 <= v <= 180)
+        check_real(f"{name}['eps']", state["eps"], "(0, inf)")
+        check_optional_real(f"{name}['omega']", state["omega"], "[0, 180]")
         self.trajectory.check_state(state["trajectory"], f"{name}['trajectory']")
 
     def load_state_dict(self, state: dict) -> None:

@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 import scenarios
 from autodrop import AngularVelocity, ShardedState
-from autodrop.averaging import WeightedAverage
 
 
 def ddp(rank: int, build=scenarios.autodrop) -> dict:
@@ -90,7 +89,7 @@ def fsdp(rank: int, single_rank_group) -> dict:
         reference_scheduler.step()
         scheduler.step()
         omegas.append((scheduler.omega, reference_scheduler.omega))
-        window_bytes = max(window_bytes, scheduler.window_average.buffer_bytes())
+        window_bytes = max(window_bytes, scheduler.buffer_bytes() - scheduler.trajectory.buffer_bytes())
         if scheduler.history[-1]["event"] == "drop":
             with torch.no_grad():
                 probe = x[:16]
@@ -110,9 +109,9 @@ def fsdp(rank: int, single_rank_group) -> dict:
         "events": [r["event"] for r in scheduler.history],
         "reference_events": [r["event"] for r in reference_scheduler.history],
         "averaged": averaged,
-        "buffer_bytes": scheduler.velocity.trajectory.buffer_bytes(),
+        "buffer_bytes": scheduler.trajectory.buffer_bytes(),
         "window_bytes": window_bytes,
-        "reference_buffer_bytes": reference_scheduler.velocity.trajectory.buffer_bytes(),
+        "reference_buffer_bytes": reference_scheduler.trajectory.buffer_bytes(),
         "local_numel": local_numel,
         "numel": sum(p.numel() for p in model.parameters()),
     }
@@ -145,7 +144,7 @@ def meshes(rank: int) -> dict:
 
     params = {name: place(name, tensor) for name, tensor in fulls.items()}
     velocity = AngularVelocity(params.values())
-    averager = WeightedAverage()
+    sums = None
     counted = dict(zip(params, velocity.trajectory.counting.counted, strict=True))
     trajectory = [{name: t.clone() for name, t in fulls.items()}]
     omegas = []
@@ -164,11 +163,10 @@ def meshes(rank: int) -> dict:
         trajectory.append({name: t.clone() for name, t in fulls.items()})
         omegas.append(velocity.update())
         if step == 3:
-            averager.sums = WeightedAverage.empty_sums(velocity.trajectory)
-        if averager.active:
-            torch._foreach_add_(averager.sums, velocity.trajectory.snapshots(), alpha=float(step - 2))
-            averager.total_weight += step - 2
-    averager.write_back(velocity.trajectory)  # x := (1 x_4 + 2 x_5) / 3, written into every placement's local tensor
+            sums = velocity.trajectory.zeros()
+        if sums is not None:
+            torch._foreach_add_(sums, velocity.trajectory.snapshots(), alpha=float(step - 2))
+    velocity.trajectory.write_params(sums, 3.0)  # x := (1 x_4 + 2 x_5) / 3, written into every placement's local tensor
     averaged = {name: p.full_tensor() if name in placements else p.clone() for name, p in params.items()}
     return {"omegas": omegas, "trajectory": trajectory, "counted": counted, "averaged": averaged}
 
@@ -187,7 +185,7 @@ def faults(rank: int) -> dict:
         scheduler.step()
 
     def buffers() -> list[torch.Tensor]:
-        return [t.clone() for b in scheduler.velocity.trajectory.buckets for t in (b.snapshot, b.previous)]
+        return [t.clone() for b in scheduler.trajectory.buckets for t in (b.snapshot, b.previous)]
 
     for step in steps[:2]:
         move(step)
@@ -245,7 +243,7 @@ def resume(rank: int, out_dir: Path, uninterrupted: dict) -> dict:
 
     model, optimizer, scheduler = build(2)
     run(model, optimizer, scheduler, range(stop))
-    pending_at_save = scheduler.pending and scheduler.window_average.active
+    pending_at_save = scheduler.pending and scheduler.sums is not None
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save(
         {"model": model_state, "optimizer": optimizer_state, "autodrop": ShardedState(scheduler)},

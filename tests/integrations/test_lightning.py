@@ -108,7 +108,7 @@ def test_fit_resumed_from_ckpt_path_continues_the_same_schedule(tmp_path):
     fit(tmp_path / "first", epochs=3)
     checkpoint = tmp_path / "first" / "checkpoints" / "epoch=2.ckpt"
     saved = torch.load(checkpoint, weights_only=True)["lr_schedulers"][0]
-    assert saved["pending"] and saved["averaging"]["sums"] is not None  # interrupted inside the delay window
+    assert saved["pending"] and saved["sums"] is not None  # interrupted inside the delay window
     resumed, _ = fit(
         tmp_path / "resumed",
         epochs=6,

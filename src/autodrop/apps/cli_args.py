@@ -4,7 +4,6 @@ that names the option and what it allows, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import torch
+
+from ..checks import check_real
 
 __all__ = ["device", "fail", "int_at_least", "output_folder", "real"]
 
@@ -29,17 +30,14 @@ def int_at_least(option: str, minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def real(option: str, allowed: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
-    """A finite number with ``ok(value)``; ``allowed`` says which, for the message."""
+def real(option: str, interval: str) -> Callable[[str], float]:
+    """A finite number in ``interval`` (written as :func:`autodrop.checks.check_real` takes it)."""
 
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            return check_real(option, float(text), interval)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} must be a number {allowed}, got {text!r}") from None
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"{option} must be a finite number {allowed}, got {text}")
-        return value
+            raise argparse.ArgumentTypeError(f"{option} must be a real number in {interval}, got {text}") from None
 
     return parse
 

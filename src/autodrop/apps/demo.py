@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from ..history_log import write_history_csv
+from ..history import write_history_csv
 from ..scheduler import AutoDrop
 from .bench.tasks import mnist1d_tensors
 from .cli_args import int_at_least, output_folder, real
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples", type=int_at_least("--samples", 10), default=5000, help="MNIST-1D samples (80%% train)"
     )
-    parser.add_argument("--lr", type=real("--lr", "> 0", lambda v: v > 0), default=0.05)
+    parser.add_argument("--lr", type=real("--lr", "(0, inf)"), default=0.05)
     parser.add_argument("--delay", type=int_at_least("--delay", 0), default=5, help="n_d in epochs (paper: 20 of 200)")
     parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
 

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--momentum",
-        type=real("--momentum", "in [0, 1)", lambda v: 0 <= v < 1),
+        type=real("--momentum", "[0, 1)"),
         default=0.0,
         help="heavy-ball beta (paper: 0, plain GD)",
     )

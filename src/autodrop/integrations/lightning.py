@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from .._optional import import_optional
-from ..history_log import history_scalars
+from ..history import history_scalars
 from ..scheduler import AutoDrop
+from ..torch_private import inner_schedulers
 
 pl = import_optional("lightning.pytorch", "lightning", __name__)
 
@@ -40,7 +41,7 @@ def find_autodrops(trainer: pl.Trainer) -> list[AutoDrop]:
     def inside(scheduler: Any) -> list[AutoDrop]:
         if isinstance(scheduler, AutoDrop):
             return [scheduler]
-        return [found for child in getattr(scheduler, "_schedulers", ()) for found in inside(child)]
+        return [found for child in inner_schedulers(scheduler) for found in inside(child)]
 
     found = [autodrop for config in trainer.lr_scheduler_configs for autodrop in inside(config.scheduler)]
     if not found:
@@ -56,7 +57,7 @@ class AutoDropCallback(pl.Callback):
     """Logs AutoDrop's state to the Trainer's loggers and can refresh BatchNorm after averaging.
 
     After every ``AutoDrop.step()`` the record's scalars (see
-    :mod:`autodrop.history_log`: omega, delta, threshold, lr, trigger, drop, converged) go to
+    :mod:`autodrop.history`: omega, delta, threshold, lr, trigger, drop, converged) go to
     every logger of the Trainer as ``prefix + name`` at the current
     ``trainer.global_step``, and each drop and the convergence are announced on
     rank zero. Records already in the history when training starts (a resumed

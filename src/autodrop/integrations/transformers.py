@@ -29,8 +29,9 @@ import torch
 
 from .._optional import import_optional
 from ..checks import check_int
-from ..history_log import history_scalars
+from ..history import history_scalars
 from ..scheduler import AutoDrop
+from ..torch_private import set_last_lr
 
 hf = import_optional("transformers", "transformers", __name__)
 
@@ -49,7 +50,7 @@ class AutoDropCallback(hf.TrainerCallback):
     on the Trainer's optimizer (available as :attr:`scheduler`). Each AutoDrop step
     is logged with ``trainer.log`` (so it reaches ``trainer.state.log_history`` and
     every ``report_to`` integration) under ``prefix + name`` for the scalars of
-    :func:`autodrop.history_log.history_scalars`; drops are also logged at INFO.
+    :func:`autodrop.history.history_scalars`; drops are also logged at INFO.
     At every checkpoint the state is written to ``<checkpoint>/autodrop_scheduler.pt``;
     ``trainer.train(resume_from_checkpoint=...)`` loads it from
     ``<args.output_dir>/checkpoint-<global step>``, the folder the Trainer wrote.
@@ -158,7 +159,7 @@ class AutoDropCallback(hf.TrainerCallback):
         # The constant LambdaLR sets lr = base_lr * 1 at every step: keep it at AutoDrop's LR, and
         # its last LR too, which the Trainer logs as "learning_rate" for the next step.
         self._trainer_schedule.base_lrs = list(lrs)
-        self._trainer_schedule._last_lr = list(lrs)
+        set_last_lr(self._trainer_schedule, list(lrs))
         record = scheduler.history[-1]
         # trainer.log() clears control.should_log, which the Trainer's own epoch or step logging has set:
         # without putting it back, its loss, learning_rate and grad_norm would never be logged

@@ -93,14 +93,10 @@ def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]
     low, high = values["min_multiplier"], values["max_multiplier"]
     checked = {
         "steps_per_epoch": None if steps is None else check_int(name("steps_per_epoch"), steps, 1),
-        "lr_high": check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0),
-        "lr_low": check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1),
-        "max_multiplier": None
-        if high is None
-        else check_real(name("max_multiplier"), high, ">= 1 or None", lambda v: v >= 1),
-        "min_multiplier": None
-        if low is None
-        else check_real(name("min_multiplier"), low, "in (0, 1] or None", lambda v: 0 < v <= 1),
+        "lr_high": check_real(name("lr_high"), values["lr_high"], "[0, inf)"),
+        "lr_low": check_real(name("lr_low"), values["lr_low"], "(0, 1]"),
+        "max_multiplier": None if high is None else check_real(name("max_multiplier"), high, "[1, inf)"),
+        "min_multiplier": None if low is None else check_real(name("min_multiplier"), low, "(0, 1]"),
     }
     if "scale_weight_decay" in values:
         checked["scale_weight_decay"] = check_bool(name("scale_weight_decay"), values["scale_weight_decay"])
@@ -117,7 +113,7 @@ def _check_like(name: str, value: Any, current: Any) -> None:
             raise TypeError(f"{name} must be a bool or None, got {value!r}")
     elif isinstance(current, (int, float, Tensor)):
         number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
-        check_real(name, number, "a finite number", lambda v: True)
+        check_real(name, number, "(-inf, inf)")
     elif isinstance(current, (tuple, list)):
         for index, (item, reference) in enumerate(zip(check_list(name, value, len(current)), current)):
             _check_like(f"{name}[{index}]", item, reference)
@@ -138,7 +134,8 @@ def _check_param_state(where: str, state: Any, param: Tensor) -> None:
             count = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
             if isinstance(count, bool) or not isinstance(count, (int, float)):
                 raise TypeError(f"{name} must be a step count (a number or a one-element tensor), got {value!r}")
-            check_real(name, count, "a whole number >= 0", lambda v: v >= 0 and float(v).is_integer())
+            if not float(check_real(name, count, "[0, inf)")).is_integer():
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
             continue
         if value is None and key not in _RULE_STATE:
             continue
@@ -417,7 +414,7 @@ class ActiveLR(Optimizer):
             check_int(f"{where}['epoch_steps']", saved["epoch_steps"], 0)
             check_int(f"{where}['epoch']", saved["epoch"], 0)
             if not isinstance(saved["lr"], Tensor):
-                check_real(f"{where}['lr']", saved["lr"], ">= 0", lambda v: v >= 0)
+                check_real(f"{where}['lr']", saved["lr"], "[0, inf)")
             for key, current in group.items():
                 if key != "params" and key not in _BOOKKEEPING_KEYS:
                     _check_like(f"{where}[{key!r}]", saved[key], current)

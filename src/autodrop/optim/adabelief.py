@@ -116,17 +116,15 @@ class AdaBelief(Optimizer):
         maximize: bool = False,
     ) -> None:
         if not isinstance(lr, Tensor):
-            lr = check_real("lr", lr, ">= 0", lambda v: v >= 0)
+            lr = check_real("lr", lr, "[0, inf)")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = tuple(
-            check_real(f"betas[{index}]", beta, "in [0, 1)", lambda v: 0 <= v < 1) for index, beta in enumerate(betas)
-        )
+        betas = tuple(check_real(f"betas[{index}]", beta, "[0, 1)") for index, beta in enumerate(betas))
         defaults = {
             "lr": lr,
             "betas": betas,
-            "eps": check_real("eps", eps, ">= 0", lambda v: v >= 0),
-            "weight_decay": check_real("weight_decay", weight_decay, ">= 0", lambda v: v >= 0),
+            "eps": check_real("eps", eps, "[0, inf)"),
+            "weight_decay": check_real("weight_decay", weight_decay, "[0, inf)"),
             "decoupled_weight_decay": check_bool("decoupled_weight_decay", decoupled_weight_decay),
             "maximize": check_bool("maximize", maximize),
         }

@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sigmas",
-        type=real("--sigmas", ">= 0", lambda v: v >= 0),
+        type=real("--sigmas", "[0, inf)"),
         nargs="+",
         default=[0.25, 1.0, 2.0, 3.0],
         help="omega noise sd in degrees (default 0.25 1 2 3)",

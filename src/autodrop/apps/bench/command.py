@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lrs",
-        type=real("--lrs", "> 0", lambda v: v > 0),
+        type=real("--lrs", "(0, inf)"),
         nargs="+",
         default=None,
         help="initial LRs of the sweep (default: the task's LR x 0.6, 1, 2, 3)",

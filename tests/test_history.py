@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from autodrop import AutoDrop, TrendTest, write_history_csv, write_history_tensorboard
-from autodrop.history_log import history_scalars
+from autodrop.history import history_scalars
 
 
 def run_history(groups: int = 1, detector=None):
@@ -55,7 +55,7 @@ def test_csv_has_one_row_per_record_and_reads_back_exactly(tmp_path):
     path = write_history_csv(history, tmp_path / "nested" / "history.csv")
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "reason", "lr", "lr_group1"]
+    assert list(rows[0]) == ["interval", "step", "omega", "delta", "threshold", "event", "reason", "lr", "lr_group1"]
     assert len(rows) == len(history)
 
     def cell(value):
@@ -69,7 +69,7 @@ def test_csv_has_one_row_per_record_and_reads_back_exactly(tmp_path):
         assert [float(row["lr"]), float(row["lr_group1"])] == record["lrs"]
 
 
-def test_tensorboard_gets_every_scalar_at_its_interval(tmp_path):
+def test_tensorboard_gets_every_scalar_at_its_optimizer_step(tmp_path):
     history = run_history()
     write_history_tensorboard(history, tmp_path / "tb", prefix="run/")
     events = EventAccumulator(str(tmp_path / "tb"))
@@ -77,9 +77,10 @@ def test_tensorboard_gets_every_scalar_at_its_interval(tmp_path):
     names = ("omega", "delta", "threshold", "lr", "trigger", "drop", "converged")
     assert set(events.Tags()["scalars"]) == {f"run/{name}" for name in names}
     lr = [(e.step, e.value) for e in events.Scalars("run/lr")]
-    assert lr == [(r["interval"], pytest.approx(r["lrs"][0])) for r in history]
+    assert lr == [(4 * r["interval"], pytest.approx(r["lrs"][0])) for r in history]  # 4 optimizer steps each
+    assert [r["step"] for r in history] == [4, 8, 12, 16, 20]
     omega = {e.step: e.value for e in events.Scalars("run/omega")}
-    expected = {r["interval"]: r["omega"] for r in history if r["omega"] is not None}
+    expected = {r["step"]: r["omega"] for r in history if r["omega"] is not None}
     assert omega.keys() == expected.keys()
     assert all(math.isclose(omega[i], expected[i], rel_tol=1e-6) for i in expected)  # stored as float32
 
@@ -109,7 +110,7 @@ def test_the_trend_test_statistics_become_columns_and_scalars(tmp_path):
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     statistics = ["slope", "noise", "phase", "passes", "wait"]
-    assert list(rows[0]) == ["interval", "omega", "delta", "threshold", "event", "reason", "lr", *statistics]
+    assert list(rows[0]) == ["interval", "step", "omega", "delta", "threshold", "event", "reason", "lr", *statistics]
     for row, record in zip(rows, history, strict=True):
         assert [None if row[key] == "" else float(row[key]) for key in statistics] == [
             record[key] for key in statistics
@@ -130,9 +131,9 @@ def test_csv_keeps_the_reason_of_a_skipped_interval_and_refuses_malformed_histor
     target = tmp_path / "bad.csv"
     for bad, error, message in [
         ("history", TypeError, "history must be a list"),
-        ([{"interval": 1}], ValueError, r"history\[0\] lacks \['omega'"),
+        ([{"interval": 1}], KeyError, r"history\[0\] lacks \['delta', 'event'"),
         ([history[0], 3], TypeError, r"history\[1\] must be a dict"),
-        ([{**history[0], "lrs": 0.1}], ValueError, r"history\[0\]\['lrs'\] must be a list"),
+        ([{**history[0], "lrs": 0.1}], TypeError, r"history\[0\]\['lrs'\] must be a list"),
     ]:
         with pytest.raises(error, match=message):
             write_history_csv(bad, target)
