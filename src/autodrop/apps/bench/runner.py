@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..._optional import import_optional
 from ...velocity import AngularVelocity
+from ..cli_args import MAX_LR, resolve_device
 from .schedules import SCHEDULES, Setup
 from .tasks import TASKS, DataSource, load_task_data
 
@@ -174,8 +175,8 @@ def plan_runs(
     if unknown:
         raise ValueError(f"--schedules {unknown} unknown; available: {sorted(SCHEDULES)}")
     lrs = None if lrs is None else sorted(set(lrs))
-    if lrs is not None and any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise ValueError(f"--lrs must be positive numbers, got {lrs}")
+    if lrs is not None and any(not (math.isfinite(lr) and 0 < lr <= MAX_LR) for lr in lrs):
+        raise ValueError(f"--lrs must be numbers in (0, {MAX_LR:g}], got {lrs}")
     specs: list[RunSpec] = []
     for task_name in suite.tasks:
         task = TASKS[task_name]
@@ -199,21 +200,6 @@ def plan_runs(
             for lr in sweep_lrs:
                 specs += [spec(schedule, lr, seed) for seed in range(seeds or suite.sweep_seeds)]
     return list({s.key: s for s in specs}.values())
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else as torch spells it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {device!r} is not a torch device: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
-    return resolved
 
 
 @torch.no_grad()
@@ -322,7 +308,7 @@ def _summary(spec: RunSpec, curves: dict[str, list], autodrop: Any, diverged: bo
 def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     """Train one run and return its record (per-epoch curves and the summary numbers)."""
     torch.manual_seed(spec.seed)
-    device = resolve_device(spec.device)
+    device = resolve_device("--device", spec.device)
     task, schedule = TASKS[spec.task], SCHEDULES[spec.schedule]
     source = DataSource(spec.data_dir and Path(spec.data_dir), spec.cache_dir and Path(spec.cache_dir))
     data = load_task_data(spec.task, source).to(device)
