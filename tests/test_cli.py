@@ -208,3 +208,44 @@ def test_device_is_parsed_once_by_the_librarys_check(tmp_path, capsys, monkeypat
     assert resolve_device("--device", "cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match="--device 'cuda:1' does not exist: this machine has 1 cuda device"):
         resolve_device("--device", "cuda:1")
+
+
+def test_a_runs_jsonl_of_the_wrong_shape_is_one_line_naming_file_and_line_and_nothing_is_overwritten(tmp_path, capsys):
+    from autodrop.apps.bench.runner import SUITES, plan_runs
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--suite", "tiny", "--epochs", "1", "--seeds", "1", "--device", "cpu", "--out", str(out)]
+    main(argv + ["--schedules", "constant"])
+    capsys.readouterr()
+    written = {name: (out / name).read_bytes() for name in ("runs.jsonl", "summary.csv", "report.md")}
+    good = written["runs.jsonl"].decode().strip()
+    record = json.loads(good)
+    planned = plan_runs(SUITES["tiny"], schedules=["step"], seeds=1, epochs=1)[0].key
+    cases = [
+        (json.dumps({k: v for k, v in record.items() if k != "key"}), "it lacks 'key'"),
+        ("[1, 2]", "it is an array, not an object"),
+        ("null", "it is null, not an object"),
+        ('"key"', "it is a string, not an object"),
+        (json.dumps({"key": planned, "schedule": "step"}), "it lacks 'task', 'optimizer', 'lr'"),
+        (
+            json.dumps({**record, "test_error": "low"}),
+            "'test_error' must be a list of 1 to 1 values, one per epoch run",
+        ),
+        (json.dumps({**record, "lr": "0.05"}), "'lr' must be a number, got \"0.05\""),
+        (json.dumps({**record, "key": planned}), f"its key '{planned}' is not that of its run"),
+        (json.dumps({**record, "drop_epochs": [2]}), "epoch 2 is after the 1 epochs run"),
+        ("[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+    ]
+    for line, problem in cases:
+        (out / "runs.jsonl").write_text(f"{good}\n{line}\n{good}\n")
+        message = refused(argv + ["--schedules", "constant", "step"], capsys)
+        assert f"{out / 'runs.jsonl'} line 2 " in message and problem in message, line[:80]
+        assert (out / "runs.jsonl").read_text() == f"{good}\n{line}\n{good}\n"
+        for name in ("summary.csv", "report.md"):
+            assert (out / name).read_bytes() == written[name]
+
+    folder = tmp_path / "folder"
+    (folder / "runs.jsonl").mkdir(parents=True)
+    message = refused(argv[:-1] + [str(folder)], capsys)
+    assert f"{folder / 'runs.jsonl'} is a folder, not a runs.jsonl file" in message
+    assert not (folder / "report.md").exists()
