@@ -179,8 +179,9 @@ class AutoDropCallback(hf.TrainerCallback):
         if scheduler.intervals != expected and not (scheduler.converged and scheduler.intervals < expected):
             raise ValueError(
                 f"AutoDrop's state {path} has {scheduler.intervals} intervals, but the Trainer resumes from "
-                f"{checkpoint} after {taken}: the state belongs to another run (or the checkpoint was saved "
-                "before the AutoDrop step of its epoch's end); resume from another checkpoint"
+                f"{checkpoint} after {taken}: the state belongs to another run, or was saved where the two counts "
+                "part (save_strategy='steps' at an epoch's last step, or a run stopped inside an epoch); "
+                "resume from another checkpoint"
             )
 
     def on_epoch_end(self, args, state, control, **kwargs):
