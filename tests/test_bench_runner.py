@@ -42,8 +42,10 @@ def test_plan_overrides_and_bad_input():
     assert {s.epochs for s in specs} == {5}
     with pytest.raises(ValueError, match=r"--schedules \['nope'\] unknown; available"):
         plan_runs(SUITES["quick"], schedules=["nope"])
-    with pytest.raises(ValueError, match="--lrs must be positive"):
+    with pytest.raises(ValueError, match=r"--lrs must be numbers in \(0, 1e\+06\]"):
         plan_runs(SUITES["quick"], lrs=[0.1, -1.0])
+    with pytest.raises(ValueError, match=r"--lrs must be numbers in \(0, 1e\+06\], got \[0.1, 1e\+308\]"):
+        plan_runs(SUITES["quick"], lrs=[0.1, 1e308])
 
 
 def test_autodrop_delay_keeps_the_paper_ratio_only_when_runs_are_short():
@@ -120,13 +122,13 @@ def test_run_all_in_two_processes_appends_json_lines(tmp_path):
 def test_unavailable_device_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match="this machine has 1 CUDA devices"):
-        runner.resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="this machine has 1 cuda device"):
+        run_one(RunSpec("digits-cnn", "constant", "sgd", 0.05, 0, 1, 64, "cuda:1"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        runner.resolve_device("cuda")
-    with pytest.raises(ValueError, match="is not a torch device"):
-        runner.resolve_device("toaster")
+    with pytest.raises(ValueError, match="'cuda' is not available"):
+        run_one(RunSpec("digits-cnn", "constant", "sgd", 0.05, 0, 1, 64, "cuda"))
+    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'toaster'"):
+        run_one(RunSpec("digits-cnn", "constant", "sgd", 0.05, 0, 1, 64, "toaster"))
 
 
 def test_each_epoch_times_the_training_pass_and_autodrop_step():

@@ -142,3 +142,53 @@ def test_a_cifar_folder_with_a_pickle_that_would_run_code_is_refused_and_nothing
         file.write(b"\x80\x04 torn")
     with pytest.raises(ValueError, match="data_batch_3 is not a CIFAR-10 batch"):
         cifar10_tensors(tmp_path)
+
+
+def _shared_nested_list(depth: int = 14, width: int = 8) -> list:
+    """A list of width**depth zeros by shape that pickles to a few hundred bytes (each level is shared)."""
+    nested = 0
+    for _ in range(depth):
+        nested = [nested] * width
+    return nested
+
+
+def test_cifar_batch_contents_are_checked_before_anything_is_allocated(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder)
+    batch = folder / tasks.CIFAR_BATCHES[1]
+    good = {"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1, 2]}
+    cases = [
+        ({"data": _shared_nested_list()}, r"'data' must be a uint8 array of shape \(N, 3072\), got list"),
+        ({"data": np.zeros((3, 3072), object)}, r"got a object array of shape \(3, 3072\)"),
+        ({"data": np.zeros((3, 3072), np.float32)}, r"got a float32 array"),
+        ({"data": np.zeros((3, 32, 32, 3), np.uint8)}, r"got a uint8 array of shape \(3, 32, 32, 3\)"),
+        ({"data": np.zeros((3, 3071), np.uint8)}, r"must have shape \(N >= 1, 3072\), got \(3, 3071\)"),
+        ({"data": np.zeros((0, 3072), np.uint8), "labels": []}, r"must have shape \(N >= 1, 3072\), got \(0, 3072\)"),
+        ({"labels": [0, 1]}, "3 images but 2 labels"),
+        ({"labels": _shared_nested_list()}, "8 labels"),
+        ({"labels": ["cat", "dog", "cat"]}, "label 0 is a str, not an int"),
+        ({"labels": [0, 1.0, 2]}, "label 1 is a float, not an int"),
+        ({"labels": [0, True, 2]}, "label 1 is a bool, not an int"),
+        ({"labels": [0, 1, 10]}, "label 2 is 10, outside 0..9"),
+        ({"labels": np.array([0, -1, 2])}, "label 1 is -1, outside 0..9"),
+        ({"labels": np.zeros(3, np.float64)}, r"'labels' must be a list of ints, got a float64 array of shape \(3,\)"),
+        ({"labels": 3}, "'labels' must be a list of ints, got int"),
+    ]
+    for change, message in cases:
+        with open(batch, "wb") as file:
+            pickle.dump({**good, **change}, file)
+        assert batch.stat().st_size < 40_000
+        with pytest.raises(ValueError, match=rf"data_batch_2 is not a CIFAR-10 batch: .*{message}"):
+            cifar10_tensors(tmp_path)
+    with open(batch, "wb") as file:
+        pickle.dump({**good, "labels": np.array([9, 0, 3], np.uint8)}, file)  # an integer array is read too
+    assert cifar10_tensors(tmp_path)["y"][3:6].tolist() == [9, 0, 3]
+
+
+def test_a_cifar_folder_too_small_for_a_training_split_is_an_error(tmp_path):
+    _write_cifar(tmp_path / "cifar-10-batches-py", per_batch=1000)  # 5000 training images: all held out
+    with pytest.raises(ValueError, match="the 5 training batches hold 5000 images.*at least 5001 are needed"):
+        TASKS["cifar10-resnet18"].load(DataSource(tmp_path))
+    _write_cifar(tmp_path / "bigger" / "cifar-10-batches-py", per_batch=1001)
+    data = TASKS["cifar10-resnet18"].load(DataSource(tmp_path / "bigger"))
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (5, 5000, 1001)

@@ -37,7 +37,7 @@ def test_tensor_lists_are_checked_for_length_type_shape_dtype_and_finiteness():
 
 
 def test_the_pieces_under_autodrop_check_their_arguments_too():
-    with pytest.raises(ValueError, match="eps must be a real number in \(0, inf\)"):
+    with pytest.raises(ValueError, match=r"eps must be a real number in \(0, inf\)"):
         AngularVelocity([torch.zeros(2)], eps=0.0)
     with pytest.raises(ValueError, match="snapshot_device 'gpu0' is not a valid device"):
         ParameterTrajectory([torch.zeros(2)], snapshot_device="gpu0")

@@ -3,8 +3,10 @@ import json
 import os
 
 import pytest
+import torch
 
 from autodrop.apps.cli import main
+from autodrop.apps.cli_args import MAX_LR, MAX_SEED
 
 
 def test_demo_runs_end_to_end_and_writes_the_figure(tmp_path, capsys):
@@ -114,13 +116,13 @@ def test_bad_input_is_one_line_naming_the_option_and_exit_status_2(tmp_path, cap
         (["bench", "--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'"),
         (["bench", "--device", "mps"], "--device must be auto, cpu, cuda or cuda:N, got 'mps'"),
         (["bench", "--device", "xpu"], "--device must be auto, cpu, cuda or cuda:N, got 'xpu'"),
-        (["bench", "--lrs", "0.1", "-1"], "--lrs must be a real number in (0, inf), got -1"),
+        (["bench", "--lrs", "0.1", "-1"], "--lrs must be a real number in (0, 1e+06], got -1"),
         (["bench", "--jobs", "0"], "--jobs must be an int >= 1, got 0"),
         (["nqm", "--iterations", "0"], "--iterations must be an int >= 10, got 0"),
         (["nqm", "--autodrop-iterations", "3"], "--autodrop-iterations must be an int >= 10, got 3"),
         (["nqm", "--momentum", "nan"], "--momentum must be a real number in [0, 1), got nan"),
         (["nqm", "--out", str(a_file)], "is a file; give a folder"),
-        (["demo", "--lr", "-1"], "--lr must be a real number in (0, inf), got -1"),
+        (["demo", "--lr", "-1"], "--lr must be a real number in (0, 1e+06], got -1"),
         (["demo", "--samples", "0"], "--samples must be an int >= 10, got 0"),
         (["demo", "--epochs", "x"], "--epochs must be an int >= 1, got 'x'"),
         (["calibrate", "--replications", "0"], "--replications must be an int >= 1, got 0"),
@@ -157,3 +159,93 @@ def test_calibrate_prints_every_detector_on_every_series(capsys):
     for name in CANDIDATES:
         assert printed.count(name) == 7  # 3 saturating shapes, 3 linear rises, the NQM
     assert "linear 0.2 deg/interval sigma 1" in printed and "nqm" in printed and "Targets for the default" in printed
+
+
+def test_lrs_and_seeds_beyond_what_works_are_refused_in_one_line(capsys):
+    seed = f"--seed must be an int in [0, {MAX_SEED}], got {MAX_SEED + 1}"
+    cases = [
+        (["demo", "--lr", "1e308"], "--lr must be a real number in (0, 1e+06], got 1e308"),
+        (["bench", "--lrs", "0.1", "1e308"], "--lrs must be a real number in (0, 1e+06], got 1e308"),
+        (["demo", "--seed", str(MAX_SEED + 1)], seed),
+        (["nqm", "--seed", str(MAX_SEED + 1)], seed),
+        (["calibrate", "--seed", str(MAX_SEED + 1)], seed),
+        (["calibrate", "--seed", "-1"], f"--seed must be an int in [0, {MAX_SEED}], got -1"),
+    ]
+    for argv, message in cases:
+        assert message in refused(argv, capsys), argv
+
+
+def test_the_cli_bounds_are_what_torch_takes():
+    torch.Generator().manual_seed(MAX_SEED)
+    with pytest.raises((ValueError, RuntimeError, OverflowError)):
+        torch.Generator().manual_seed(MAX_SEED + 1)
+
+    def step(make, lr):
+        parameter = torch.nn.Parameter(torch.ones(3))
+        parameter.grad = torch.ones(3)
+        make([parameter], lr=lr).step()
+
+    for make in (torch.optim.SGD, torch.optim.AdamW):
+        step(make, MAX_LR)
+    with pytest.raises(RuntimeError, match="overflow"):
+        step(torch.optim.SGD, 1e308)
+    with pytest.raises(RuntimeError, match="overflow"):  # AdamW's first step is 10 x lr
+        step(torch.optim.AdamW, float(torch.finfo(torch.float32).max) / 2)
+
+
+def test_device_is_parsed_once_by_the_librarys_check(tmp_path, capsys, monkeypatch):
+    from autodrop.apps.cli_args import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--device 'cuda' is not available on this machine" in refused(["bench", "--device", "cuda"], capsys)
+    assert "--device must be auto, cpu, cuda or cuda:N, got 'toaster'" in refused(
+        ["bench", "--device", "toaster"], capsys
+    )
+    assert resolve_device("--device", "auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("--device", "auto") == torch.device("cuda")
+    assert resolve_device("--device", "cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="--device 'cuda:1' does not exist: this machine has 1 cuda device"):
+        resolve_device("--device", "cuda:1")
+
+
+def test_a_runs_jsonl_of_the_wrong_shape_is_one_line_naming_file_and_line_and_nothing_is_overwritten(tmp_path, capsys):
+    from autodrop.apps.bench.runner import SUITES, plan_runs
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--suite", "tiny", "--epochs", "1", "--seeds", "1", "--device", "cpu", "--out", str(out)]
+    main(argv + ["--schedules", "constant"])
+    capsys.readouterr()
+    written = {name: (out / name).read_bytes() for name in ("runs.jsonl", "summary.csv", "report.md")}
+    good = written["runs.jsonl"].decode().strip()
+    record = json.loads(good)
+    planned = plan_runs(SUITES["tiny"], schedules=["step"], seeds=1, epochs=1)[0].key
+    cases = [
+        (json.dumps({k: v for k, v in record.items() if k != "key"}), "it lacks 'key'"),
+        ("[1, 2]", "it is an array, not an object"),
+        ("null", "it is null, not an object"),
+        ('"key"', "it is a string, not an object"),
+        (json.dumps({"key": planned, "schedule": "step"}), "it lacks 'task', 'optimizer', 'lr'"),
+        (
+            json.dumps({**record, "test_error": "low"}),
+            "'test_error' must be a list of 1 to 1 values, one per epoch run",
+        ),
+        (json.dumps({**record, "lr": "0.05"}), "'lr' must be a number, got \"0.05\""),
+        (json.dumps({**record, "key": planned}), f"its key '{planned}' is not that of its run"),
+        (json.dumps({**record, "drop_epochs": [2]}), "epoch 2 is after the 1 epochs run"),
+        ("[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+    ]
+    for line, problem in cases:
+        (out / "runs.jsonl").write_text(f"{good}\n{line}\n{good}\n")
+        message = refused(argv + ["--schedules", "constant", "step"], capsys)
+        assert f"{out / 'runs.jsonl'} line 2 " in message and problem in message, line[:80]
+        assert (out / "runs.jsonl").read_text() == f"{good}\n{line}\n{good}\n"
+        for name in ("summary.csv", "report.md"):
+            assert (out / name).read_bytes() == written[name]
+
+    folder = tmp_path / "folder"
+    (folder / "runs.jsonl").mkdir(parents=True)
+    message = refused(argv[:-1] + [str(folder)], capsys)
+    assert f"{folder / 'runs.jsonl'} is a folder, not a runs.jsonl file" in message
+    assert not (folder / "report.md").exists()

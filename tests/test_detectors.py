@@ -206,7 +206,7 @@ def test_bad_trend_states_are_refused_and_change_nothing(change, message):
     "kwargs, message",
     [
         ({"confidence": 1.0}, r"confidence must be a real number in \(0.5, 1\)"),
-        ({"tolerance": 0}, "tolerance must be a real number in \(0, inf\)"),
+        ({"tolerance": 0}, r"tolerance must be a real number in \(0, inf\)"),
         ({"horizon": 0}, r"horizon must be an int in \[1, 9007199254740992\]"),
         ({"window": 2}, r"window must be an int in \[3, 10000\]"),
         ({"min_intervals": 16}, r"min_intervals must be an int in \[3, 15\]"),

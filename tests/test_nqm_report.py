@@ -41,3 +41,8 @@ def test_without_matplotlib_the_json_is_written_and_one_line_says_what_the_figur
     assert printed[-1] == f"wrote {tmp_path / 'nqm.json'} (the figures need matplotlib: pip install 'autodrop[plots]')"
     assert json.loads((tmp_path / "nqm.json").read_text())["fixed_lr"]
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_nqm_command_does_not_warn_about_stepping_after_every_optimizer_step(tmp_path, recwarn):
+    main(["nqm", "--out", str(tmp_path), "--iterations", "20", "--autodrop-iterations", "40"])
+    assert not [w for w in recwarn if "followed every optimizer step" in str(w.message)]

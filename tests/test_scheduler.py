@@ -396,7 +396,11 @@ def test_empty_optimizer_and_nonfinite_initial_params_are_rejected():
         ({"min_lr": [1e-4, -1.0]}, ValueError, r"min_lr has 2 values, the optimizer has 1"),
         ({"min_lr": [-1.0]}, ValueError, r"min_lr\[0\] must be a real number in \[0, inf\), got -1.0"),
         ({"min_lr": "1e-4"}, TypeError, r"min_lr must be a real number"),
-        ({"detector": "paper", "threshold": float("inf")}, ValueError, r"threshold must be a real number in \(0, inf\), got inf"),
+        (
+            {"detector": "paper", "threshold": float("inf")},
+            ValueError,
+            r"threshold must be a real number in \(0, inf\), got inf",
+        ),
         (
             {"detector": "paper", "max_threshold": 0.001},
             ValueError,

@@ -1,6 +1,5 @@
 """Each private name of torch that autodrop.torch_private relies on, checked against the installed torch."""
 
-import pytest
 import torch
 from torch.optim.lr_scheduler import ChainedScheduler, ConstantLR, LRScheduler, SequentialLR, StepLR
 

@@ -51,7 +51,8 @@ LR handling rather than a re-creation of them, and a 20 000-iteration run still
 takes seconds. The paper's rule on the NQM is: drop the LR by a factor 2 when
 the 20-iteration-averaged omega changes by less than 0.01 degree between
 consecutive iterations, from 0.06 down to 0.001. That is
-``AutoDrop(factor=0.5, min_lr=0.001, detector="paper", threshold=0.01, window=20)``; the paper
+``AutoDrop(factor=0.5, min_lr=0.001, detector="paper", threshold=0.01, window=20)`` (with
+``interval="steps"``: one interval per iteration, on purpose); the paper
 states no delay or averaging for the NQM, so ``delay=0`` (drop at the trigger,
 nothing averaged), and no growth of the threshold, so ``max_threshold=threshold``
 by default.
@@ -373,6 +374,7 @@ def run_autodrop(
     optimizer = torch.optim.SGD([x], lr=lr, momentum=momentum)
     scheduler = AutoDrop(
         optimizer,
+        interval="steps",  # stepped after every SGD step on purpose: the NQM's intervals are iterations
         factor=factor,
         min_lr=min_lr,
         detector="paper",

@@ -173,6 +173,77 @@ def test_resume_from_checkpoint_continues_the_same_schedule(tmp_path):
         assert torch.equal(a, b)
 
 
+def full_and_stopped_runs(tmp_path, epochs=6, stop_after=3, **schedule):
+    """An uninterrupted run in tmp_path/full, and the same run stopped after ``stop_after`` epochs in tmp_path/run."""
+    schedule = {**SCHEDULE, **schedule}
+    full = make_trainer(tmp_path / "full", epochs=epochs)
+    full_callback = AutoDropCallback(full, **schedule)
+    full.add_callback(full_callback)
+    full.train()
+    first = make_trainer(tmp_path / "run", epochs=epochs)
+    first.add_callback(AutoDropCallback(first, **schedule))
+    first.add_callback(StopAfterEpochs(stop_after))
+    first.train()
+    return full, full_callback
+
+
+def assert_resumes_exactly(output_dir, checkpoint, full, full_callback, epochs=6):
+    resumed = make_trainer(output_dir, epochs=epochs)
+    resumed_callback = AutoDropCallback(resumed, **SCHEDULE)
+    resumed.add_callback(resumed_callback)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed_callback.scheduler.history == full_callback.scheduler.history
+    for a, b in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_outside_output_dir_resumes_exactly(tmp_path):
+    full, full_callback = full_and_stopped_runs(tmp_path)
+    checkpoint = tmp_path / "run" / f"checkpoint-{3 * STEPS_PER_EPOCH}"
+    assert_resumes_exactly(tmp_path / "elsewhere", str(checkpoint), full, full_callback)
+
+
+def test_another_runs_same_numbered_checkpoint_in_output_dir_is_not_read(tmp_path):
+    full, full_callback = full_and_stopped_runs(tmp_path)
+    other = make_trainer(tmp_path / "other", epochs=6)  # another schedule: its state would change the drops
+    other.add_callback(AutoDropCallback(other, **{**SCHEDULE, "factor": 0.25}))
+    other.add_callback(StopAfterEpochs(3))
+    other.train()
+    step = 3 * STEPS_PER_EPOCH
+    assert (tmp_path / "other" / f"checkpoint-{step}" / STATE_FILE).is_file()
+    assert_resumes_exactly(tmp_path / "other", str(tmp_path / "run" / f"checkpoint-{step}"), full, full_callback)
+
+
+def test_resume_from_checkpoint_true_reads_the_last_checkpoint_in_output_dir(tmp_path):
+    full, full_callback = full_and_stopped_runs(tmp_path)
+    assert_resumes_exactly(tmp_path / "run", True, full, full_callback)
+
+
+def test_a_state_of_another_run_is_refused_naming_both(tmp_path):
+    full_and_stopped_runs(tmp_path, epochs=4)
+    run = tmp_path / "run"
+    checkpoint = run / f"checkpoint-{3 * STEPS_PER_EPOCH}"
+    # a state two intervals long in a checkpoint three epochs in
+    (checkpoint / STATE_FILE).write_bytes((run / f"checkpoint-{2 * STEPS_PER_EPOCH}" / STATE_FILE).read_bytes())
+    resumed = make_trainer(run, epochs=4)
+    resumed.add_callback(AutoDropCallback(resumed, **SCHEDULE))
+    with pytest.raises(ValueError, match=r"checkpoint-24.autodrop_scheduler.pt has 2 intervals.*after 3 epoch ends"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    # a state of a model with other parameter shapes (two groups, as the Trainer makes: weights, biases)
+    from autodrop import AutoDrop
+
+    narrower = TinyRegressor(TinyConfig(hidden=4)).named_parameters()
+    groups = [{"params": []}, {"params": []}]
+    for name, parameter in narrower:
+        groups[name.endswith("bias")]["params"].append(parameter)
+    torch.save(AutoDrop(torch.optim.SGD(groups, lr=LR), **SCHEDULE).state_dict(), checkpoint / STATE_FILE)
+    resumed = make_trainer(run, epochs=4)
+    resumed.add_callback(AutoDropCallback(resumed, **SCHEDULE))
+    with pytest.raises(ValueError, match=rf"checkpoint-24.{STATE_FILE} does not fit this run.*\(41,\).*\(161,\)"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
 def test_resume_without_autodrop_state_is_a_clear_error(tmp_path):
     plain = make_trainer(tmp_path, epochs=1)
     plain.train()
@@ -249,7 +320,8 @@ def test_stop_when_converged_ends_training_and_resumes_across_the_converged_stat
     again.add_callback(again_callback)
     again.train(resume_from_checkpoint=str(converged))
     assert again_callback.scheduler.converged and again_callback.scheduler.history == history
-    assert again.state.global_step <= 6 * STEPS_PER_EPOCH + 1  # stopped at once (the Trainer may take one step)
+    # stopped after the one optimizer step the Trainer takes before it looks at should_training_stop
+    assert again.state.global_step == 6 * STEPS_PER_EPOCH + 1
 
 
 def test_the_state_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch
 from ..history import write_history_csv
 from ..scheduler import AutoDrop
 from .bench.tasks import mnist1d_tensors
-from .cli_args import int_at_least, output_folder, real
+from .cli_args import int_at_least, learning_rate, output_folder, torch_seed
 from .plots import plot_history
 
 
@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--samples", type=int_at_least("--samples", 10), default=5000, help="MNIST-1D samples (80%% train)"
     )
-    parser.add_argument("--lr", type=real("--lr", "(0, inf)"), default=0.05)
+    parser.add_argument("--lr", type=learning_rate("--lr"), default=0.05)
     parser.add_argument("--delay", type=int_at_least("--delay", 0), default=5, help="n_d in epochs (paper: 20 of 200)")
-    parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
+    parser.add_argument("--seed", type=torch_seed, default=0)
 
 
 def run(args: argparse.Namespace) -> None:

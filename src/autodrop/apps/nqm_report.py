@@ -34,7 +34,7 @@ from ..nqm import (
     simulate_fixed_lr,
     window_mean,
 )
-from .cli_args import int_at_least, output_folder, real
+from .cli_args import int_at_least, output_folder, real, torch_seed
 from .plots import _pyplot
 
 AUTODROP_SETTINGS = {"lr": 0.06, "factor": 0.5, "min_lr": 0.001, "threshold": 0.01, "window": PAPER_WINDOW, "delay": 0}
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="heavy-ball beta (paper: 0, plain GD)",
     )
-    parser.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
+    parser.add_argument("--seed", type=torch_seed, default=0)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ Needs ``pip install 'autodrop[transformers]'``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -52,11 +53,16 @@ class AutoDropCallback(hf.TrainerCallback):
     every ``report_to`` integration) under ``prefix + name`` for the scalars of
     :func:`autodrop.history.history_scalars`; drops are also logged at INFO.
     At every checkpoint the state is written to ``<checkpoint>/autodrop_scheduler.pt``;
-    ``trainer.train(resume_from_checkpoint=...)`` loads it from
-    ``<args.output_dir>/checkpoint-<global step>``, the folder the Trainer wrote.
+    ``trainer.train(resume_from_checkpoint=...)`` loads it from the checkpoint the
+    Trainer resumes from (a path, or with ``True`` the last checkpoint in
+    ``args.output_dir``). The Trainer does not tell its callbacks that path, so the
+    callback wraps ``trainer.train`` to note it. A state that does not belong to
+    the run is refused: one whose tensors do not fit the optimizer's parameters, or
+    whose count of AutoDrop steps differs from the steps the resumed Trainer has
+    taken (a converged state may have fewer: no interval is measured after it).
     With ``stop_when_converged=True`` the callback sets
     ``control.should_training_stop`` once ``AutoDrop.converged`` is True (a
-    run resumed from a converged checkpoint stops after at most one optimizer
+    run resumed from a converged checkpoint stops after one more optimizer
     step, which the Trainer takes before it looks, and measures no interval).
 
     Args:
@@ -103,6 +109,24 @@ class AutoDropCallback(hf.TrainerCallback):
         self.autodrop_kwargs = autodrop_kwargs
         self.scheduler: AutoDrop | None = None
         self._trainer_schedule: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._resume_from: str | None = None
+        self._note_the_checkpoint_of_each_train_call(trainer)
+
+    def _note_the_checkpoint_of_each_train_call(self, trainer: Any) -> None:
+        """Wrap ``trainer.train`` to keep the checkpoint it resumes from: the only place it is given."""
+        train = trainer.train
+
+        @functools.wraps(train)
+        def train_noting_the_checkpoint(resume_from_checkpoint=None, *args, **kwargs):
+            if resume_from_checkpoint is True and os.path.isdir(trainer.args.output_dir):
+                # resolved here, once, and passed on: the Trainer and the callback read the same folder
+                # (none found: True goes on, and the Trainer raises its own error)
+                resume_from_checkpoint = hf.trainer_utils.get_last_checkpoint(trainer.args.output_dir) or True
+            found = isinstance(resume_from_checkpoint, (str, os.PathLike))
+            self._resume_from = os.fspath(resume_from_checkpoint) if found else None
+            return train(resume_from_checkpoint, *args, **kwargs)
+
+        trainer.train = train_noting_the_checkpoint
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         _check_constant_schedule(args)
@@ -114,22 +138,52 @@ class AutoDropCallback(hf.TrainerCallback):
             )
         self._trainer_schedule = lr_scheduler
         interval = {} if self.every_n_steps is None else {"interval": "steps"}  # per-N-steps on purpose
-        self.scheduler = AutoDrop(optimizer, **{**interval, **self.autodrop_kwargs})
+        scheduler = AutoDrop(optimizer, **{**interval, **self.autodrop_kwargs})
         if state.global_step > 0:  # resume_from_checkpoint restored the Trainer's state
-            path = os.path.join(_checkpoint_folder(args, state), STATE_FILE)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"resuming at global step {state.global_step} but AutoDrop's state {path} does not exist: "
-                    "resume from a checkpoint that AutoDropCallback saved under TrainingArguments.output_dir"
-                )
-            try:
-                saved = torch.load(path, weights_only=True)
-            except Exception as error:
-                raise RuntimeError(
-                    f"AutoDrop's state {path} cannot be read ({error}); resume from another checkpoint"
-                ) from error
-            self.scheduler.load_state_dict(saved)
+            self._load(scheduler, state)
+        self.scheduler = scheduler
         control.should_training_stop |= self._stopping()
+
+    def _load(self, scheduler: AutoDrop, state: Any) -> None:
+        """Load AutoDrop's state from the checkpoint the Trainer resumes from; refuse another run's."""
+        checkpoint = self._resume_from
+        if checkpoint is None:
+            raise RuntimeError(
+                f"the Trainer resumes at global step {state.global_step}, but AutoDropCallback did not see the "
+                "checkpoint: it reads the one passed to trainer.train(resume_from_checkpoint=...) of the Trainer "
+                "it was built with (AutoDropCallback(trainer, ...))"
+            )
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"resuming at global step {state.global_step} but AutoDrop's state {path} does not exist: "
+                "resume from a checkpoint that AutoDropCallback saved"
+            )
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as error:
+            raise RuntimeError(
+                f"AutoDrop's state {path} cannot be read ({error}); resume from another checkpoint"
+            ) from error
+        try:
+            scheduler.load_state_dict(saved)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(
+                f"AutoDrop's state {path} does not fit this run's optimizer and settings: {error}"
+            ) from error
+        if self.every_n_steps is None:
+            expected = int(state.epoch)
+            taken = f"{expected} epoch ends (epoch {state.epoch:g}, global step {state.global_step})"
+        else:
+            expected = state.global_step // self.every_n_steps
+            taken = f"global step {state.global_step}: {expected} intervals of every_n_steps={self.every_n_steps}"
+        if scheduler.intervals != expected and not (scheduler.converged and scheduler.intervals < expected):
+            raise ValueError(
+                f"AutoDrop's state {path} has {scheduler.intervals} intervals, but the Trainer resumes from "
+                f"{checkpoint} after {taken}: the state belongs to another run, or was saved where the two counts "
+                "part (save_strategy='steps' at an epoch's last step, or a run stopped inside an epoch); "
+                "resume from another checkpoint"
+            )
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.every_n_steps is None and not self._stopping():
@@ -177,7 +231,7 @@ class AutoDropCallback(hf.TrainerCallback):
 
 
 def _checkpoint_folder(args: Any, state: Any) -> str:
-    """The folder the Trainer writes (and ``resume_from_checkpoint=True`` reads) at this global step."""
+    """The folder the Trainer writes at this global step."""
     return os.path.join(args.output_dir, f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 

@@ -38,7 +38,7 @@ import torch
 
 from ...detectors import Detector, PaperRule, TrendTest
 from ...nqm import NoisyQuadratic, simulate_fixed_lr
-from ..cli_args import int_at_least, real
+from ..cli_args import int_at_least, real, torch_seed
 
 __all__ = ["CANDIDATES", "Series", "add_arguments", "fire_interval", "run", "series"]
 
@@ -148,9 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="intervals per series, the budget false alarms are counted in (default 100)",
     )
-    parser.add_argument(
-        "--seed", type=int_at_least("--seed", 0), default=0, help="seed of the synthetic noise (default 0)"
-    )
+    parser.add_argument("--seed", type=torch_seed, default=0, help="seed of the synthetic noise (default 0)")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..cli_args import device, fail, int_at_least, output_folder, real
+from ..cli_args import device, fail, int_at_least, learning_rate, output_folder
 from .report import write_report
-from .runner import SUITES, plan_runs, read_records, resolve_device, run_all
+from .runner import SUITES, plan_runs, read_records, run_all
 from .schedules import OPTIMIZERS, SCHEDULES
 from .tasks import DataSource, default_cache_dir, load_task_data
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lrs",
-        type=real("--lrs", "(0, inf)"),
+        type=learning_rate("--lrs"),
         nargs="+",
         default=None,
         help="initial LRs of the sweep (default: the task's LR x 0.6, 1, 2, 3)",
@@ -112,7 +112,6 @@ def run(args: argparse.Namespace) -> None:
     try:
         out = args.out or output_folder("--out")(str(Path("results") / f"bench-{suite.name}"))
         done = {r["key"] for r in read_records(out / "runs.jsonl")}
-        resolve_device(args.device)
         specs = plan_runs(
             suite,
             optimizer=args.optimizer,

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..._optional import import_optional
 from ...velocity import AngularVelocity
+from ..cli_args import MAX_LR, resolve_device
 from .schedules import SCHEDULES, Setup
 from .tasks import TASKS, DataSource, load_task_data
 
@@ -174,8 +175,8 @@ def plan_runs(
     if unknown:
         raise ValueError(f"--schedules {unknown} unknown; available: {sorted(SCHEDULES)}")
     lrs = None if lrs is None else sorted(set(lrs))
-    if lrs is not None and any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
-        raise ValueError(f"--lrs must be positive numbers, got {lrs}")
+    if lrs is not None and any(not (math.isfinite(lr) and 0 < lr <= MAX_LR) for lr in lrs):
+        raise ValueError(f"--lrs must be numbers in (0, {MAX_LR:g}], got {lrs}")
     specs: list[RunSpec] = []
     for task_name in suite.tasks:
         task = TASKS[task_name]
@@ -199,21 +200,6 @@ def plan_runs(
             for lr in sweep_lrs:
                 specs += [spec(schedule, lr, seed) for seed in range(seeds or suite.sweep_seeds)]
     return list({s.key: s for s in specs}.values())
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else as torch spells it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {device!r} is not a torch device: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
-    return resolved
 
 
 @torch.no_grad()
@@ -322,7 +308,7 @@ def _summary(spec: RunSpec, curves: dict[str, list], autodrop: Any, diverged: bo
 def run_one(spec: RunSpec, position: int = 0) -> dict[str, Any]:
     """Train one run and return its record (per-epoch curves and the summary numbers)."""
     torch.manual_seed(spec.seed)
-    device = resolve_device(spec.device)
+    device = resolve_device("--device", spec.device)
     task, schedule = TASKS[spec.task], SCHEDULES[spec.schedule]
     source = DataSource(spec.data_dir and Path(spec.data_dir), spec.cache_dir and Path(spec.cache_dir))
     data = load_task_data(spec.task, source).to(device)
@@ -388,22 +374,117 @@ def _run_in_worker(spec: RunSpec) -> dict[str, Any]:
     return run_one(spec, _position)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(minimum: int) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _optional(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or ok(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "key": ("a string", _is_str),
+    "task": ("a string", _is_str),
+    "schedule": ("a string", _is_str),
+    "optimizer": ("a string", _is_str),
+    "lr": ("a number", _is_number),
+    "seed": ("an int >= 0", _is_int(0)),
+    "epochs": ("an int >= 1", _is_int(1)),
+    "batch_size": ("an int >= 1", _is_int(1)),
+    "device": ("a string", _is_str),
+    "data_dir": ("a string or null", _optional(_is_str)),
+    "cache_dir": ("a string or null", _optional(_is_str)),
+    "history": (
+        "null or a list of objects",
+        _optional(lambda value: isinstance(value, list) and all(isinstance(entry, dict) for entry in value)),
+    ),
+    "threads": ("an int >= 1", _is_int(1)),
+    "num_params": ("an int >= 0", _is_int(0)),
+    "settings": ("an object", lambda value: isinstance(value, dict)),
+    "final_test_error": ("a number", _is_number),
+    "best_test_error": ("a number", _is_number),
+    "best_epoch": ("an int >= 1", _is_int(1)),
+    "final_train_loss": ("a number", _is_number),
+    "trigger_epochs": ("a list of ints >= 1", lambda value: isinstance(value, list) and all(map(_is_int(1), value))),
+    "drop_epochs": ("a list of ints >= 1", lambda value: isinstance(value, list) and all(map(_is_int(1), value))),
+    "diverged": ("true or false", lambda value: isinstance(value, bool)),
+    "stopped_epoch": ("an int >= 1 or null", _optional(_is_int(1))),
+    "wall_s": ("a number", _is_number),
+    "cpu_s": ("a number", _is_number),
+}
+"""A run record's fields other than the curves: what each holds."""
+_CURVE_VALUES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **dict.fromkeys(("train_loss", "val_loss", "test_error", "epoch_lr", "train_s"), ("numbers", _is_number)),
+    **dict.fromkeys(("omega", "delta", "threshold", "autodrop_step_s"), ("numbers or nulls", _optional(_is_number))),
+    "event": ("strings or nulls", _optional(_is_str)),
+}
+_JSON_TYPES = {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number"}
+
+
+def _record_problem(record: Any) -> str | None:
+    """What keeps ``record`` from being a run record the report can read; None if nothing."""
+    if not isinstance(record, dict):
+        return f"it is {'null' if record is None else _JSON_TYPES[type(record)]}, not an object"
+    missing = [name for name in (*_FIELDS, *CURVES) if name not in record]
+    if missing:
+        return f"it lacks {', '.join(repr(name) for name in missing)}"
+    for name, (allowed, ok) in _FIELDS.items():
+        if not ok(record[name]):
+            return f"{name!r} must be {allowed}, got {json.dumps(record[name])[:80]}"
+    spec = RunSpec(**{spec_field.name: record[spec_field.name] for spec_field in fields(RunSpec)})
+    if record["key"] != spec.key:
+        return f"its key {record['key']!r} is not that of its run, {spec.key!r}"
+    errors = record["test_error"]
+    if not (isinstance(errors, list) and 1 <= len(errors) <= record["epochs"]):
+        return f"'test_error' must be a list of 1 to {record['epochs']} values, one per epoch run"
+    epochs = len(errors)
+    for name, (allowed, ok) in _CURVE_VALUES.items():
+        values = record[name]
+        if not (isinstance(values, list) and len(values) == epochs):
+            return f"{name!r} must be a list of {epochs} values, one per epoch run (as 'test_error')"
+        if not all(map(ok, values)):
+            return f"{name!r} must hold {allowed}"
+    if record["history"] is not None and len(record["history"]) != epochs:
+        return f"'history' must hold one entry per epoch run ({epochs})"
+    late = [
+        epoch for epoch in (record["best_epoch"], *record["trigger_epochs"], *record["drop_epochs"]) if epoch > epochs
+    ]
+    if late:
+        return f"epoch {late[0]} is after the {epochs} epochs run"
+    return None
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The records in a ``runs.jsonl`` (empty when it does not exist).
 
     A last line that is not complete JSON (a run killed while its record was
-    appended) is left out with a warning: that run is simply run again. Any other
-    line that does not parse raises a ``ValueError`` naming the file and line.
+    appended) is left out with a warning: that run is simply run again. Anything
+    else that is not a run record (another line that does not parse, JSON of
+    another shape, a folder or an unreadable file in its place) raises a
+    ``ValueError`` naming the file (and line).
     """
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a runs.jsonl file: move it away or choose another --out")
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeError) as error:
+        raise ValueError(f"{path} cannot be read as text: {error}") from None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as error:
             if number == len(lines):
                 warnings.warn(
@@ -413,6 +494,14 @@ def read_records(path: Path) -> list[dict[str, Any]]:
                 )
                 break
             raise ValueError(f"{path} line {number} is not JSON ({error}); fix or remove that line") from None
+        except RecursionError:
+            raise ValueError(
+                f"{path} line {number} is nested too deeply to be a run record; remove that line"
+            ) from None
+        problem = _record_problem(record)
+        if problem is not None:
+            raise ValueError(f"{path} line {number} is not a run record: {problem}; fix or remove that line")
+        records.append(record)
     return records
 
 

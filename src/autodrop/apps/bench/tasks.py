@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -253,12 +254,52 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+CIFAR_PIXELS = 3 * 32 * 32
+CIFAR_CLASSES = 10
+
+
+def _cifar_batch(path: Path, batch: Any) -> tuple[Tensor, Tensor]:
+    """A batch's images (N, 3, 32, 32) and labels, after checking every shape, type and label range
+    on the unpickled values (sized by the file), before anything is converted or allocated."""
+    np = import_optional("numpy", "bench", "the cifar10 task")
+
+    def refuse(problem: str) -> ValueError:
+        return ValueError(f"{path} is not a CIFAR-10 batch: {problem}")
+
+    if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
+        raise refuse("no 'data' and 'labels'")
+    data, labels = batch["data"], batch["labels"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
+        kind = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise refuse(f"'data' must be a uint8 array of shape (N, {CIFAR_PIXELS}), got {kind}")
+    if data.shape[0] < 1 or data.shape[1] != CIFAR_PIXELS:
+        raise refuse(f"'data' must have shape (N >= 1, {CIFAR_PIXELS}), got {data.shape}")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list):
+        kind = (
+            f"a {labels.dtype} array of shape {labels.shape}"
+            if isinstance(labels, np.ndarray)
+            else type(labels).__name__
+        )
+        raise refuse(f"'labels' must be a list of ints, got {kind}")
+    if len(labels) != data.shape[0]:
+        raise refuse(f"{data.shape[0]} images but {len(labels)} labels")
+    for index, label in enumerate(labels):
+        if not isinstance(label, (int, np.integer)) or isinstance(label, bool):
+            raise refuse(f"label {index} is a {type(label).__name__}, not an int")  # no repr: it may be vast
+        if not 0 <= label < CIFAR_CLASSES:
+            raise refuse(f"label {index} is {label}, outside 0..{CIFAR_CLASSES - 1}")
+    return torch.from_numpy(data).reshape(-1, 3, 32, 32), torch.tensor(labels, dtype=torch.long)
+
+
 def cifar10_tensors(data_dir: Path | None) -> dict[str, Tensor]:
     """CIFAR-10 as uint8 NCHW tensors ``x`` (50000, 3, 32, 32), ``x_test`` (10000, ...) and labels.
 
     Reads torchvision's pickled batches (dicts with ``data`` (N, 3072) uint8 and
-    ``labels``) directly, with an unpickler that accepts nothing but numpy arrays
-    and plain values (a data folder never runs code); torchvision is not needed.
+    ``labels``, N ints in 0..9) directly, with an unpickler that accepts nothing but
+    numpy arrays and plain values (a data folder never runs code), and checks each
+    batch's shapes, types and labels before converting it; torchvision is not needed.
     """
     folder = cifar10_folder(data_dir)
 
@@ -268,10 +309,7 @@ def cifar10_tensors(data_dir: Path | None) -> dict[str, Tensor]:
                 batch = _BatchUnpickler(file, encoding="latin1").load()
             except (pickle.UnpicklingError, EOFError, ValueError) as error:
                 raise ValueError(f"{folder / name} is not a CIFAR-10 batch: {error}") from None
-        if not isinstance(batch, dict) or not {"data", "labels"} <= set(batch):
-            raise ValueError(f"{folder / name} is not a CIFAR-10 batch: no 'data' and 'labels'")
-        images = torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
-        return images, torch.as_tensor(batch["labels"], dtype=torch.long)
+        return _cifar_batch(folder / name, batch)
 
     train = [read(name) for name in CIFAR_BATCHES[:5]]
     x_test, y_test = read(CIFAR_BATCHES[5])
@@ -301,8 +339,18 @@ def random_crop_flip(batch: Tensor, generator: torch.Generator, padding: int = 4
     return picked_rows.gather(3, col_index[:, None, None, :].expand(n, channels, height, width))
 
 
+CIFAR_VALIDATION = 5_000
+"""Training images held out for validation (of 50 000)."""
+
+
 def _load_cifar10(source: DataSource) -> Data:
     arrays = cifar10_tensors(source.data_dir)
+    if len(arrays["x"]) <= CIFAR_VALIDATION:
+        raise ValueError(
+            f"--data-dir {source.data_dir}: the 5 training batches hold {len(arrays['x'])} images, but "
+            f"{CIFAR_VALIDATION} are held out for validation: at least {CIFAR_VALIDATION + 1} are needed "
+            "(CIFAR-10 has 50000)"
+        )
     mean = torch.tensor(CIFAR_MEAN)[:, None, None]
     std = torch.tensor(CIFAR_STD)[:, None, None]
 
@@ -314,7 +362,7 @@ def _load_cifar10(source: DataSource) -> Data:
         arrays["y"],
         scale(arrays["x_test"]),
         arrays["y_test"],
-        num_val=5_000,
+        num_val=CIFAR_VALIDATION,
         augment=random_crop_flip,
     )
 
