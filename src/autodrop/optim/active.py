@@ -12,7 +12,8 @@ At the end of every epoch, where both signs exist (so from the second epoch on):
     g := g + lr_high    if sign(G_now) == s_prev   (the direction held: additive increase)
     g := g * lr_low     if sign(G_now) == -s_prev  (it flipped: multiplicative decrease)
 
-(g never falls below the smallest normal number of its dtype, so it never reaches 0)
+(g stays between the smallest normal and the largest finite number of its dtype,
+so it never reaches 0 or Inf)
 
 then s_prev := sign(G_now) where G_now != 0, and G_now := 0. An element whose
 epoch sum is exactly zero received no gradient (no ``.grad``, unused embedding
@@ -20,21 +21,25 @@ rows, dead units): it keeps its multiplier and its last sign, instead of being
 halved every epoch as in the authors' code. Keeping sign(G_prev) rather than
 G_prev is the same test, ``G_prev * G_now > 0``, in a quarter of the memory.
 
-The rule is implemented once, in :class:`ActiveLR`, and put in front of a base
-optimizer: torch's SGD, AdamW and RAdam steps run unchanged (their own math,
-kernels and state), and the rule rescales what they did; AdaBelief is ours
-(:mod:`autodrop.optim.adabelief`).
+The rule is implemented once, in :class:`ActiveLR`, a handle that joins an
+optimizer through torch's public optimizer hooks: the optimizer keeps its class,
+and its own step (torch's SGD, AdamW and RAdam, this package's AdaBelief
+(:mod:`autodrop.optim.adabelief`), or a third party's) runs unchanged; the rule
+rescales what it did. :class:`ActiveSGD`, :class:`ActiveAdamW`,
+:class:`ActiveRAdam` and :class:`ActiveAdaBelief` are those four bases joined by
+their own handle in ``__init__``.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import SGD, AdamW, Optimizer, RAdam
+from torch.optim import SGD, Adam, AdamW, Optimizer, RAdam
 from torch.optim.optimizer import ParamsT
 
 from ..checks import check_bool, check_int, check_keys, check_list, check_real
@@ -53,25 +58,41 @@ ACTIVE_PRESETS: dict[str, dict[str, float]] = {
 }
 
 _RULE_STATE = ("multiplier", "grad_sum", "grad_sign")
+_SETTINGS = ("steps_per_epoch", "lr_high", "lr_low", "max_multiplier", "min_multiplier", "scale_weight_decay")
+_POSITION = ("epoch_steps", "epoch")
 STEPS_WITHOUT_EPOCH_END = 10_000
 """Steps after which an ActiveLR optimizer whose epochs never end warns (once per param group)."""
+MAX_STEPS = 2**63 - 1
+"""The largest ``steps_per_epoch`` (and epoch position): an int64, which every checkpoint format holds."""
 # Group keys a checkpoint may lack: set by schedulers or by torch for its own bookkeeping.
 _BOOKKEEPING_KEYS = {"initial_lr", "param_names"}
+# torch's one private name here, read by torch.amp.GradScaler: False makes the scaler unscale the
+# gradients before step() and skip an overflowing step() whole, also for a fused base (which could
+# unscale and skip inside its own kernel), so the rule's sums only ever add true, finite gradients.
+_AMP_SCALING_ATTRIBUTE = "_step_supports_amp_scaling"
+# The optimizers an ActiveLR has joined and not left: torch keeps no hooks in a copy or a pickle,
+# so a copy of a joined optimizer is not in here and may be joined again.
+_JOINED: weakref.WeakSet[Optimizer] = weakref.WeakSet()
 
 _ARGS_DOC = """
     ActiveLR arguments (keyword-only; each is also a param-group key, so groups may differ):
-        steps_per_epoch: ``step()`` calls per epoch, an int ``>= 1``; the epoch then
-            ends by itself after that many steps. ``None`` (default): epochs end only
-            when you call :meth:`end_epoch`. When both are used, whichever comes first
-            ends the epoch and restarts the count; an epoch with no step since it
-            began is never ended, so calling ``end_epoch()`` right after the count
-            ended an epoch does nothing. Every ``step()`` counts once in every group.
+        steps_per_epoch: ``step()`` calls per epoch, an int in ``[1, 2**63 - 1]``; the
+            epoch then ends by itself after that many steps. ``None`` (default):
+            epochs end only when you call ``end_epoch()``. When both are used,
+            whichever comes first ends the epoch and restarts the count; an epoch
+            with no step since it began is never ended, so calling ``end_epoch()``
+            right after the count ended an epoch does nothing. Every ``step()``
+            counts once in every group.
         lr_high: added to g where the epoch-summed gradient kept its sign, ``>= 0``
-            (default 2.0).
+            and with ``1 + lr_high`` finite in the group's parameter dtype (default 2.0).
         lr_low: factor on g where it flipped, in ``(0, 1]`` (default 0.5).
             Other pairs of the authors' files: :data:`ACTIVE_PRESETS`.
-        max_multiplier: upper bound on g, ``>= 1``, or ``None`` (default): unbounded,
-            as the authors (g is 1 + 2k after k agreeing epochs).
+        max_multiplier: upper bound on g, ``>= 1`` and with ``max_multiplier + lr_high``
+            at most the largest finite number of the group's narrowest parameter dtype
+            (float32: about 3.4e38, float16: 65504), so that ``g + lr_high`` is finite
+            and the bound is one the dtype holds; or ``None`` (default): unbounded, as
+            the authors (g is 1 + 2k after k agreeing epochs, and saturates at the
+            dtype's largest finite number).
         min_multiplier: lower bound on g, in ``(0, 1]``, or ``None`` (default).
 """
 
@@ -82,9 +103,12 @@ _DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay by 
 """
 
 
-def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+def _check_active_args(suffix: str, values: Mapping[str, Any], params: list[Tensor]) -> dict[str, Any]:
     """The ActiveLR keys of ``values``, checked, as plain Python numbers (a numpy scalar in a
-    param group would make the optimizer's checkpoint unloadable with ``weights_only=True``)."""
+    param group would make the optimizer's checkpoint unloadable with ``weights_only=True``).
+
+    ``lr_high`` and ``max_multiplier`` are bounded by the largest finite number of the
+    narrowest floating dtype of ``params``, the parameters they will act on."""
 
     def name(key: str) -> str:
         return key + suffix
@@ -92,7 +116,7 @@ def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]
     steps = values["steps_per_epoch"]
     low, high = values["min_multiplier"], values["max_multiplier"]
     checked = {
-        "steps_per_epoch": None if steps is None else check_int(name("steps_per_epoch"), steps, 1),
+        "steps_per_epoch": None if steps is None else check_int(name("steps_per_epoch"), steps, 1, MAX_STEPS),
         "lr_high": check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0),
         "lr_low": check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1),
         "max_multiplier": None
@@ -102,6 +126,19 @@ def _check_active_args(suffix: str, values: Mapping[str, Any]) -> dict[str, Any]
         if low is None
         else check_real(name("min_multiplier"), low, "in (0, 1] or None", lambda v: 0 < v <= 1),
     }
+    dtypes = sorted({p.dtype for p in params if p.is_floating_point()}, key=lambda d: torch.finfo(d).max)
+    if dtypes:
+        largest, lr_high = torch.finfo(dtypes[0]).max, checked["lr_high"]
+        why = f"the largest finite {dtypes[0]} less {{}}, so that g + lr_high stays finite"
+        if lr_high + 1 > largest:
+            raise ValueError(
+                f"{name('lr_high')} must be in [0, {largest - 1!r}] ({why.format('1')}), got {values['lr_high']!r}"
+            )
+        if checked["max_multiplier"] is not None and checked["max_multiplier"] + lr_high > largest:
+            raise ValueError(
+                f"{name('max_multiplier')} must be in [1, {largest - lr_high!r}] ({why.format(f'lr_high {lr_high}')}) "
+                f"or None, got {high!r}"
+            )
     if "scale_weight_decay" in values:
         checked["scale_weight_decay"] = check_bool(name("scale_weight_decay"), values["scale_weight_decay"])
     return checked
@@ -154,103 +191,155 @@ def _check_param_state(where: str, state: Any, param: Tensor) -> None:
             raise ValueError(f"{name} must hold signs in {{-1, 0, 1}}")
 
 
-class ActiveLR(Optimizer):
-    r"""The ActiveLR sign rule, placed in front of a ``torch.optim.Optimizer`` subclass.
+class ActiveLR:
+    __doc__ = (
+        r"""The ActiveLR sign rule joined to an existing ``torch.optim.Optimizer``: a handle.
 
-    ``class ActiveX(ActiveLR, X)`` is optimizer ``X`` whose every update is scaled,
-    per element, by a multiplier :math:`g` that the rule adapts once per epoch
-    (module docstring). The rule runs in torch's public step pre- and post-hooks
-    (``register_step_pre_hook`` / ``register_step_post_hook``) around ``X``'s own,
-    unchanged ``step``, so ``X`` may be any optimizer with torch's hooks: torch's,
-    this package's, or a third party's (e.g. ``class ActiveLion(ActiveLR, Lion)``).
-    It owns the per-element state ``multiplier`` (g), ``grad_sum`` (G_now) and
-    ``grad_sign`` (sign of the last non-zero epoch sum, int8) in
-    ``optimizer.state[p]``, and the epoch position in each param group
-    (``epoch_steps``: steps since the epoch began, ``epoch``: epochs ended), so
-    ``state_dict()`` / ``load_state_dict()`` resume it exactly. The group LR stays
-    the user's (and a scheduler's, e.g. :class:`autodrop.AutoDrop`): the step
-    taken is ``lr * g`` times the base's direction.
+    ``active = ActiveLR(optimizer, ...)`` scales every update of ``optimizer``, per
+    element, by a multiplier :math:`g` that it adapts once per epoch:
+
+    .. math::
+        \theta_t &= \theta_{t-1} + g\,(\mathrm{base\_step}(\theta_{t-1}) - \theta_{t-1}),
+                   \qquad G \mathrel{+}= \nabla_\theta L \\
+        g &\leftarrow g + \mathrm{lr\_high} \quad \text{where } \operatorname{sign}(G) = s_{prev}
+             \text{ at the epoch's end (the direction held)} \\
+        g &\leftarrow g \cdot \mathrm{lr\_low} \quad \text{where } \operatorname{sign}(G) = -s_{prev}
+             \text{ (it flipped)}
+
+    then :math:`s_{prev} \leftarrow \operatorname{sign}(G)` where :math:`G \ne 0`, and
+    :math:`G \leftarrow 0` (module docstring). The group LR stays the user's (and a
+    scheduler's, e.g. :class:`autodrop.AutoDrop`): the step taken is ``lr * g`` times
+    the base's direction.
+
+    The rule runs in torch's public hooks of ``optimizer``: a step pre-hook keeps the
+    parameters as they were, the optimizer's own, unchanged ``step`` runs, and a step
+    post-hook rescales what it did and adds the gradients to the epoch's sums; a
+    ``load_state_dict`` pre-hook checks a checkpoint completely (:meth:`check_state`)
+    before anything changes. ``optimizer`` keeps its class and its constructor is
+    never run again, so it may be any optimizer with torch's hooks: torch's, this
+    package's, or a third party's. The rule's per-element state lives in
+    ``optimizer.state[p]``: ``multiplier`` (g), ``grad_sum`` (G) and ``grad_sign``
+    (:math:`s_{prev}`, int8); the epoch position in each param group (``epoch_steps``:
+    steps since the epoch began, ``epoch``: epochs ended), with the rule's settings.
+    So ``optimizer.state_dict()`` / ``load_state_dict()`` (and ``torch.save(...,
+    weights_only=True)``) resume it exactly.
+
+    torch keeps no hooks in a copy: ``copy.deepcopy(optimizer)`` or a pickle of the
+    optimizer carries the rule's state and settings but not the rule; join the copy
+    again (``ActiveLR(copy)`` continues exactly, the groups keeping their settings),
+    or copy the handle (``copy.deepcopy(active).optimizer`` is a joined copy). An
+    optimizer is joined at most once; :meth:`remove` leaves it.
+
+    Args:
+        optimizer: the ``torch.optim.Optimizer`` to join; its param groups (and those
+            added later with ``optimizer.add_param_group``, checked at the next step)
+            take the arguments below unless they set their own.
+"""
+        + _ARGS_DOC
+        + """        scale_weight_decay: for a base with decoupled weight decay (param groups
+            with ``decoupled_weight_decay=True``), scale that decay by ``lr * g`` (True)
+            or by ``lr`` alone (False). ``None`` (default): not a key of the groups,
+            every step including the decay is scaled by ``g``.
 
     Per step the rule costs one copy of the trainable parameters, one ``foreach``
     add (the sums) and one ``foreach`` lerp; its memory is two parameter-sized
     buffers plus one byte per element, and the copy while ``step()`` runs; the
-    epoch end is a few tensor ops per parameter. Sparse gradients and complex parameters
-    are rejected. With ``fused=True`` torch's GradScaler unscales the gradients
-    itself before ``step()`` (the sums must see true gradients).
-    """
+    epoch end is a few tensor ops per parameter. Sparse gradients and complex
+    parameters are refused. With a fused base, torch's GradScaler unscales the
+    gradients itself before ``step()`` (the sums must see true gradients).
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> ActiveLR:
-        # ActiveLR(optimizer, ...): the rule joins an optimizer that exists already, whatever its class
-        if args and isinstance(args[0], Optimizer):
-            optimizer = args[0]
-            if not isinstance(optimizer, ActiveLR):
-                base = type(optimizer)
-                optimizer.__class__ = type(f"Active{base.__name__}", (ActiveLR, base), {"__module__": base.__module__})
-            return optimizer
-        return super().__new__(cls)
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> active = ActiveLR(optimizer, steps_per_epoch=5)
+        >>> for _ in range(10):
+        ...     optimizer.zero_grad()
+        ...     model(torch.randn(8, 4)).square().mean().backward()
+        ...     optimizer.step()
+        >>> type(optimizer).__name__, optimizer.param_groups[0]["epoch"]
+        ('Adam', 2)
+        >>> active.remove()  # a plain Adam again
+    """
+    )
 
     def __init__(
         self,
-        *args: Any,
+        optimizer: Optimizer,
+        *,
         steps_per_epoch: int | None = None,
         lr_high: float = 2.0,
         lr_low: float = 0.5,
         max_multiplier: float | None = None,
         min_multiplier: float | None = None,
         scale_weight_decay: bool | None = None,
-        **kwargs: Any,
     ) -> None:
-        active = {
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if optimizer in _JOINED:
+            raise ValueError(
+                f"this {type(optimizer).__name__} has an ActiveLR already: the rule runs once per step; "
+                "remove() the first handle to join a new one"
+            )
+        settings = {
             "steps_per_epoch": steps_per_epoch,
             "lr_high": lr_high,
             "lr_low": lr_low,
             "max_multiplier": max_multiplier,
             "min_multiplier": min_multiplier,
         }
-        if scale_weight_decay is not None:  # None: the base has no decoupled decay (SGD)
-            active["scale_weight_decay"] = scale_weight_decay
-        active = _check_active_args("", active)
-        self._active_defaults = active
-        if args and args[0] is self:  # ActiveLR(optimizer, ...): its groups exist, give them the rule's keys
-            if hasattr(self, "_rule_hooks"):
-                raise ValueError(f"this {type(self).__name__} has the ActiveLR rule already")
-            if kwargs:
-                raise TypeError(f"ActiveLR(optimizer, ...) takes only the rule's arguments, got {sorted(kwargs)}")
-            for index, group in enumerate(self.param_groups):
-                for key, value in {**active, "epoch_steps": 0, "epoch": 0}.items():
-                    group.setdefault(key, value)
-                group.update(_check_active_args(f" of param group {index}", group))
-        else:
-            super().__init__(*args, **kwargs)
-        self.defaults.update(active)
-        self._step_supports_amp_scaling = False
+        if scale_weight_decay is not None:
+            settings["scale_weight_decay"] = scale_weight_decay
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.optimizer = optimizer
+        self._defaults = _check_active_args("", settings, params)
         self._starts: list[tuple[list[Tensor], list[Tensor]]] = []
-        self._register_rule_hooks()
+        self._join_groups(every=True)
+        optimizer.defaults.update(self._defaults)  # torch's add_param_group fills them in new groups
+        self._amp_scaling = optimizer.__dict__.get(_AMP_SCALING_ATTRIBUTE)
+        setattr(optimizer, _AMP_SCALING_ATTRIBUTE, False)
+        self._hooks = (
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+            optimizer.register_state_dict_pre_hook(self._before_state_dict),
+            optimizer.register_load_state_dict_pre_hook(self._before_load),
+            optimizer.register_load_state_dict_post_hook(self._after_load),
+        )
+        _JOINED.add(optimizer)
 
-    def _decoupled_decay(self, group: dict[str, Any]) -> bool:
-        """Whether the base applies ``weight_decay`` to the weights (True) or the gradient."""
-        return bool(group["decoupled_weight_decay"])
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The rule's settings given to the constructor, which every param group takes unless it sets
+        its own (``optimizer.param_groups`` hold the values in use)."""
+        return dict(self._defaults)
 
-    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
-        """The per-parameter state the base optimizer's step needs once it has stepped."""
-        return set()  # a base this class does not know: not checked
+    @property
+    def _name(self) -> str:
+        name = type(self.optimizer).__name__
+        return name if isinstance(self.optimizer, _ActiveOptimizer) else f"ActiveLR on {name}"
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; the ActiveLR keys not given take the constructor's values."""
-        index = len(self.param_groups)
-        for key, value in self._active_defaults.items():
-            param_group.setdefault(key, value)
-        param_group.setdefault("epoch_steps", 0)
-        param_group.setdefault("epoch", 0)
-        param_group.update(_check_active_args(f" of param group {index}", param_group))
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        if not group.get("scale_weight_decay", True) and not self._decoupled_decay(group):
-            self.param_groups.pop()
+    def _join_groups(self, every: bool = False) -> None:
+        """Give the rule's keys to the param groups that lack them (``every``: to all of them, at the
+        join), every group checked before any changes."""
+        groups = [
+            (index, group) for index, group in enumerate(self.optimizer.param_groups) if every or "epoch" not in group
+        ]
+        keys = [self._group_keys(index, group) for index, group in groups]
+        for (_, group), checked in zip(groups, keys):
+            group.update(checked)
+
+    def _group_keys(self, index: int, group: dict[str, Any]) -> dict[str, Any]:
+        """The rule's keys of param group ``index``: its own, else the handle's; checked."""
+        where = f" of param group {index}"
+        keys = _check_active_args(where, {**self._defaults, **group}, group["params"])
+        for key in _POSITION:  # a copy of a joined optimizer keeps its position
+            keys[key] = check_int(key + where, group.get(key, 0), 0, MAX_STEPS)
+        if not keys.get("scale_weight_decay", True) and group.get("decoupled_weight_decay") is not True:
             raise ValueError(
-                f"scale_weight_decay=False (param group {index}) needs decoupled weight decay: "
-                "coupled (L2) decay is part of the gradient and always scaled by the multiplier"
+                f"scale_weight_decay=False (param group {index}) needs decoupled weight decay (the group's "
+                "decoupled_weight_decay=True): coupled (L2) decay is part of the gradient and always scaled "
+                "by the multiplier"
             )
+        return keys
 
     def _params_with_grad(self, index: int, group: dict[str, Any], require_grad: bool = True) -> list[Tensor]:
         """The group's parameters with a gradient (``require_grad=False``: those that may get one);
@@ -262,18 +351,18 @@ class ActiveLR(Optimizer):
             where = f"parameter {position} of param group {index}"
             if p.grad is not None and p.grad.is_sparse:
                 raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients ({where} has one): "
+                    f"{self._name} does not support sparse gradients ({where} has one): "
                     "the sign rule needs dense per-element sums; use a dense embedding"
                 )
             if torch.is_complex(p):
-                raise RuntimeError(f"{type(self).__name__} does not support complex parameters ({where})")
+                raise RuntimeError(f"{self._name} does not support complex parameters ({where})")
             params.append(p)
         return params
 
     def _active_state(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         sums, multipliers = [], []
         for p in params:
-            state = self.state[p]
+            state = self.optimizer.state[p]
             if "multiplier" not in state:
                 state["multiplier"] = torch.ones_like(p, memory_format=torch.preserve_format)
                 state["grad_sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -282,32 +371,20 @@ class ActiveLR(Optimizer):
             multipliers.append(state["multiplier"])
         return sums, multipliers
 
-    def _register_rule_hooks(self) -> None:
-        """The rule runs around the base's own step through torch's public step hooks, so the base's
-        ``step`` (torch's, or any third party's) runs unchanged and unwrapped."""
-        self._rule_hooks = (
-            self.register_step_pre_hook(ActiveLR._before_base_step),
-            self.register_step_post_hook(ActiveLR._after_base_step),
-            self.register_load_state_dict_post_hook(ActiveLR._signs_as_int8),
-        )
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if not hasattr(self, "_rule_hooks"):  # a pickle or a deep copy, which keep no hooks (not load_state_dict)
-            self._starts = []
-            self._register_rule_hooks()
-
-    @staticmethod
     @torch.no_grad()
-    def _before_base_step(self: ActiveLR, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         """Apply the decoupled decay of ``scale_weight_decay=False`` groups (hidden from the base, so it is
         scaled by ``lr`` alone, torch's ``p *= 1 - lr * wd``), then keep every trainable parameter as it is
-        (a closure may give parameters their gradients inside the base's step)."""
-        self._starts = []
-        for index, group in enumerate(self.param_groups):
+        (a closure may give parameters their gradients inside the base's step). Everything that can be
+        refused is refused before anything changes."""
+        self._join_groups()
+        groups = optimizer.param_groups
+        for group in groups:
             if "hidden_weight_decay" in group:  # a base step that raised left it hidden
                 group["weight_decay"] = group.pop("hidden_weight_decay")
-            params = self._params_with_grad(index, group, require_grad=False)
+        trainable = [self._params_with_grad(index, group, require_grad=False) for index, group in enumerate(groups)]
+        self._starts = []
+        for group, params in zip(groups, trainable):
             if not group.get("scale_weight_decay", True) and group["weight_decay"] != 0:
                 with_grad = [p for p in params if p.grad is not None]
                 if with_grad:
@@ -315,13 +392,12 @@ class ActiveLR(Optimizer):
                 group["hidden_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
             self._starts.append((params, [p.detach().clone() for p in params]))
 
-    @staticmethod
     @torch.no_grad()
-    def _after_base_step(self: ActiveLR, args: Any, kwargs: Any) -> None:
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         """Scale what the base did by g, ``p := start + g (p - start)``, add the gradients to the epoch's
         sums, and end the epoch when ``steps_per_epoch`` steps are done."""
         starts, self._starts = self._starts, []
-        for index, (group, (params, start)) in enumerate(zip(self.param_groups, starts, strict=True)):
+        for index, (group, (params, start)) in enumerate(zip(optimizer.param_groups, starts, strict=True)):
             if "hidden_weight_decay" in group:
                 group["weight_decay"] = group.pop("hidden_weight_decay")
             stepped = [(p, s) for p, s in zip(params, start) if p.grad is not None]
@@ -338,17 +414,23 @@ class ActiveLR(Optimizer):
                 self._end_group_epoch(group)
             elif group["epoch_steps"] == STEPS_WITHOUT_EPOCH_END and group["epoch"] == 0:
                 warnings.warn(
-                    f"{type(self).__name__}: {STEPS_WITHOUT_EPOCH_END} steps and no epoch has ended, so every "
-                    "multiplier is still 1 and this runs as its base optimizer: call optimizer.end_epoch() at "
-                    "each epoch's end, or pass steps_per_epoch",
+                    f"{self._name}: {STEPS_WITHOUT_EPOCH_END} steps and no epoch has ended, so every "
+                    "multiplier is still 1 and this runs as its base optimizer: call end_epoch() at each "
+                    "epoch's end, or pass steps_per_epoch",
                     RuntimeWarning,
                     stacklevel=3,
                 )
 
-    @staticmethod
-    def _signs_as_int8(self: ActiveLR) -> None:
+    def _before_state_dict(self, optimizer: Optimizer) -> None:
+        self._join_groups()
+
+    def _before_load(self, optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
+        self._join_groups()
+        self.check_state(state_dict)
+
+    def _after_load(self, optimizer: Optimizer) -> None:
         # torch casts every floating state tensor to the parameter's dtype; the signs stay int8
-        for state in self.state.values():
+        for state in optimizer.state.values():
             if "grad_sign" in state:
                 state["grad_sign"] = state["grad_sign"].to(torch.int8)
 
@@ -358,7 +440,10 @@ class ActiveLR(Optimizer):
         Returns whether any group ended one. See ``steps_per_epoch`` for how this
         combines with the automatic end.
         """
-        ended = [self._end_group_epoch(group) for group in self.param_groups]
+        if self.optimizer not in _JOINED:
+            raise RuntimeError(f"this ActiveLR was removed from its {type(self.optimizer).__name__}")
+        self._join_groups()
+        ended = [self._end_group_epoch(group) for group in self.optimizer.param_groups]
         return any(ended)
 
     @torch.no_grad()
@@ -368,7 +453,7 @@ class ActiveLR(Optimizer):
         lr_high, lr_low = group["lr_high"], group["lr_low"]
         low, high = group["min_multiplier"], group["max_multiplier"]
         for p in group["params"]:
-            state = self.state.get(p)
+            state = self.optimizer.state.get(p)
             if state is None or "multiplier" not in state:
                 continue
             multiplier, total, last_sign = state["multiplier"], state["grad_sum"], state["grad_sign"]
@@ -377,9 +462,12 @@ class ActiveLR(Optimizer):
             updated = torch.where(agreement > 0, multiplier + lr_high, multiplier)
             updated = torch.where(agreement < 0, multiplier * lr_low, updated)
             # Never below the dtype's smallest normal number: halved on every flip, g would reach 0
-            # (fp16 after ~25 flips, fp32 after ~150), a value the rule cannot produce otherwise.
-            floor = torch.finfo(multiplier.dtype).tiny
-            updated.clamp_(min=floor if low is None else max(low, floor), max=high)
+            # (fp16 after ~25 flips, fp32 after ~150), a value the rule cannot produce otherwise. Never
+            # above its largest finite number: unbounded, g + lr_high would reach Inf. The bounds were
+            # checked against the dtype, which may have narrowed since (model.half()).
+            finfo = torch.finfo(multiplier.dtype)
+            floor = finfo.tiny if low is None else max(low, finfo.tiny)
+            updated.clamp_(min=floor, max=finfo.max if high is None else min(high, finfo.max))
             multiplier.copy_(updated)
             last_sign.copy_(torch.where(total != 0, sign.to(torch.int8), last_sign))
             total.zero_()
@@ -390,32 +478,36 @@ class ActiveLR(Optimizer):
     def check_state(self, state_dict: Any) -> None:
         """Raise ``ValueError``/``TypeError``/``KeyError`` naming what in ``state_dict`` does not fit; changes nothing.
 
-        Checks the param groups (their number and sizes, that every hyper-parameter
-        of the current groups is there, ``lr``, every ActiveLR key and the epoch
-        position) and, per parameter, that the rule's three tensors
-        are all there or all absent, shaped like the parameter and finite, with
-        multipliers ``> 0`` and signs in {-1, 0, 1}, and that the base's state (its
-        moments and step count) is finite, shaped like the parameter, and counts
-        ``>= 0``. torch itself checks only the group sizes.
+        ``state_dict`` is one of ``optimizer.state_dict()``. Checks the param groups
+        (their number and sizes, that every hyper-parameter of the current groups is
+        there, ``lr``, every ActiveLR key, bounds included, and the epoch position)
+        and, per parameter, that the rule's three tensors are all there or all
+        absent, shaped like the parameter and finite, with multipliers ``> 0`` and
+        signs in {-1, 0, 1}, and that the base's state is finite, shaped like the
+        parameter, and counts ``>= 0``; for torch's SGD, Adam, AdamW and RAdam and
+        for AdaBelief, also that the state their next step needs is complete. torch
+        itself checks only the group sizes. ``optimizer.load_state_dict`` runs this
+        first.
         """
         check_keys("optimizer state", state_dict, ("state", "param_groups"))
-        saved_groups = check_list("state['param_groups']", state_dict["param_groups"], len(self.param_groups))
+        groups = self.optimizer.param_groups
+        saved_groups = check_list("state['param_groups']", state_dict["param_groups"], len(groups))
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
             raise TypeError(f"state['state'] must be a dict, got {type(saved_state).__name__}")
         seen: set[int | str] = set()
-        for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+        for index, (group, saved) in enumerate(zip(groups, saved_groups)):
             where = f"state['param_groups'][{index}]"
             if not isinstance(saved, Mapping):
                 raise TypeError(f"{where} must be a dict, got {type(saved).__name__}")
             # torch fills a missing hyper-parameter with its default (amsgrad=False, ...): require them all
-            required = (set(group) | set(self._active_defaults)) - _BOOKKEEPING_KEYS
+            required = (set(group) | set(self._defaults)) - _BOOKKEEPING_KEYS
             missing = sorted(key for key in required if key not in saved)
             if missing:
                 raise KeyError(f"{where} lacks {missing}")
-            _check_active_args(f" of saved param group {index}", saved)
-            check_int(f"{where}['epoch_steps']", saved["epoch_steps"], 0)
-            check_int(f"{where}['epoch']", saved["epoch"], 0)
+            _check_active_args(f" of saved param group {index}", saved, group["params"])
+            for key in _POSITION:
+                check_int(f"{where}[{key!r}]", saved[key], 0, MAX_STEPS)
             if not isinstance(saved["lr"], Tensor):
                 check_real(f"{where}['lr']", saved["lr"], ">= 0", lambda v: v >= 0)
             for key, current in group.items():
@@ -434,39 +526,107 @@ class ActiveLR(Optimizer):
             raise ValueError(f"state['state'] has entries {unknown!r} for no parameter of the param groups")
 
     def _check_base_state(self, where: str, state: Mapping[str, Any], group: dict[str, Any]) -> None:
-        """Once a parameter has stepped (the rule's state is there), the base's state must be complete."""
-        if "multiplier" not in state and not any(key not in _RULE_STATE for key in state):
+        """Once a parameter has stepped (it has any state), a known base's state must be complete."""
+        if not state:
             return
-        missing = sorted(key for key in self._base_state_keys(group) if state.get(key) is None)
+        needed = _BASE_STATE.get(type(self.optimizer))
+        missing = sorted(key for key in needed(group) if state.get(key) is None) if needed else []
         if missing:
             raise KeyError(f"{where} lacks the base optimizer's {missing} (absent or None): its next step would fail")
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state from :meth:`state_dict`, the multipliers, sums and epoch positions included.
+    def remove(self) -> None:
+        """Leave the optimizer: unregister the hooks and delete the rule's state (multipliers, sums,
+        signs, settings and epoch position), so that it steps, saves and loads as it did before the
+        join. Removing twice does nothing; an ``Active*`` optimizer cannot leave its rule."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, _ActiveOptimizer):
+            raise TypeError(
+                f"the rule is what makes {type(optimizer).__name__}: build its base optimizer for the plain one"
+            )
+        if optimizer not in _JOINED:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        for group in optimizer.param_groups:
+            if "hidden_weight_decay" in group:  # a base step that raised left it hidden
+                group["weight_decay"] = group.pop("hidden_weight_decay")
+            for key in (*_SETTINGS, *_POSITION):
+                group.pop(key, None)
+        for key in _SETTINGS:
+            optimizer.defaults.pop(key, None)
+        for param, state in list(optimizer.state.items()):
+            for key in _RULE_STATE:
+                state.pop(key, None)
+            if not state:
+                del optimizer.state[param]
+        if self._amp_scaling is None:
+            delattr(optimizer, _AMP_SCALING_ATTRIBUTE)
+        else:
+            setattr(optimizer, _AMP_SCALING_ATTRIBUTE, self._amp_scaling)
+        self._starts = []
+        _JOINED.discard(optimizer)
 
-        The whole state is checked first (:meth:`check_state`); a bad one raises and
-        changes nothing, also when the base optimizer's own loading fails halfway.
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.optimizer not in _JOINED:
+            raise TypeError("a removed ActiveLR cannot be copied or pickled")
+        return _joined_again, (self.optimizer, self._defaults)
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in self._defaults.items())
+        return f"ActiveLR({type(self.optimizer).__name__}, {settings})"
+
+
+def _joined_again(optimizer: Optimizer, settings: dict[str, Any]) -> ActiveLR:
+    """An ActiveLR copied or unpickled with its optimizer (whose copy has no hooks): an ``Active*``
+    optimizer's own, which joins it again as it loads, or a new handle joining the copy."""
+    if isinstance(optimizer, _ActiveOptimizer):
+        return optimizer.active_lr
+    return ActiveLR(optimizer, **settings)
+
+
+class _ActiveOptimizer(Optimizer):
+    """What the ``Active*`` classes share: a base optimizer class whose objects join their own
+    :class:`ActiveLR` handle, ``active_lr``, in ``__init__`` (and again when copied or unpickled)."""
+
+    active_lr: ActiveLR
+
+    def end_epoch(self) -> bool:
+        """End the current epoch of every param group that has stepped since its epoch began.
+
+        Returns whether any group ended one. See ``steps_per_epoch`` for how this
+        combines with the automatic end.
         """
-        self.check_state(state_dict)
-        previous = self.state, self.param_groups
-        try:
-            super().load_state_dict(state_dict)
-        except Exception as error:
-            # torch assigns the new state before the base's __setstate__ checks it
-            self.state, self.param_groups = previous
-            raise ValueError(
-                f"{type(self).__name__} could not load the state: the base optimizer raised {error!r}; "
-                "the optimizer is unchanged"
-            ) from error
+        return self.active_lr.end_epoch()
+
+    def check_state(self, state_dict: Any) -> None:
+        """:meth:`ActiveLR.check_state`: raise naming what in ``state_dict`` does not fit; changes nothing."""
+        self.active_lr.check_state(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; the ActiveLR keys not given take the constructor's values, checked here."""
+        super().add_param_group(param_group)
+        if hasattr(self, "active_lr"):  # the base's constructor adds its groups before the handle exists
+            try:
+                self.active_lr._join_groups()
+            except (TypeError, ValueError):
+                self.param_groups.pop()
+                raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if not hasattr(self, "active_lr"):  # a copy or an unpickled one; load_state_dict calls this too
+            self.active_lr = ActiveLR(self, **{key: self.defaults[key] for key in _SETTINGS if key in self.defaults})
 
 
-class ActiveSGD(ActiveLR, SGD):
+class ActiveSGD(_ActiveOptimizer, SGD):
     __doc__ = (
         r"""SGD with (Nesterov) momentum whose step is scaled per element by ActiveLR's g.
 
     torch's SGD step, unchanged, then ``p := p_old + g (p_sgd - p_old)``: with
     momentum this is the authors' ``p -= lr * g * buf`` (``buf`` including the
-    coupled weight decay). See :class:`ActiveLR` for the rule and the state.
+    coupled weight decay). See :class:`ActiveLR` for the rule and the state: the
+    optimizer's own handle, ``optimizer.active_lr``, joined in ``__init__`` (and again in a
+    copy or an unpickled one).
 
     Args:
         params, lr (default 1e-3), momentum, dampening, weight_decay, nesterov,
@@ -514,6 +674,9 @@ class ActiveSGD(ActiveLR, SGD):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+        )
+        self.active_lr = ActiveLR(
+            self,
             steps_per_epoch=steps_per_epoch,
             lr_high=lr_high,
             lr_low=lr_low,
@@ -521,20 +684,16 @@ class ActiveSGD(ActiveLR, SGD):
             min_multiplier=min_multiplier,
         )
 
-    def _decoupled_decay(self, group: dict[str, Any]) -> bool:
-        return False
 
-    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
-        return {"momentum_buffer"} if group["momentum"] != 0 else set()
-
-
-class ActiveAdamW(ActiveLR, AdamW):
+class ActiveAdamW(_ActiveOptimizer, AdamW):
     __doc__ = (
         r"""AdamW whose step, decoupled weight decay included, is scaled per element by ActiveLR's g.
 
     torch's AdamW step, unchanged, then ``p := p_old + g (p_adamw - p_old)``, i.e.
     ``p -= lr * g * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``. See
-    :class:`ActiveLR` for the rule and the state.
+    :class:`ActiveLR` for the rule and the state: the optimizer's own handle,
+    ``optimizer.active_lr``, joined in ``__init__`` (and again in a copy or an
+    unpickled one).
 
     Args:
         params, lr (default 1e-3), betas, eps, weight_decay (default 1e-2), amsgrad,
@@ -576,6 +735,7 @@ class ActiveAdamW(ActiveLR, AdamW):
         min_multiplier: float | None = None,
         scale_weight_decay: bool = True,
     ) -> None:
+        check_bool("scale_weight_decay", scale_weight_decay)  # the handle reads None as: no such group key
         super().__init__(
             params,
             lr,
@@ -586,28 +746,27 @@ class ActiveAdamW(ActiveLR, AdamW):
             maximize=maximize,
             foreach=foreach,
             fused=fused,
+        )
+        self.active_lr = ActiveLR(
+            self,
             steps_per_epoch=steps_per_epoch,
             lr_high=lr_high,
             lr_low=lr_low,
             max_multiplier=max_multiplier,
             min_multiplier=min_multiplier,
-            scale_weight_decay=check_bool("scale_weight_decay", scale_weight_decay),
+            scale_weight_decay=scale_weight_decay,
         )
 
-    def _decoupled_decay(self, group: dict[str, Any]) -> bool:
-        return True
 
-    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
-        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
-
-
-class ActiveRAdam(ActiveLR, RAdam):
+class ActiveRAdam(_ActiveOptimizer, RAdam):
     __doc__ = (
         r"""RAdam whose step is scaled per element by ActiveLR's g.
 
     torch's RAdam step, unchanged (with this step's moments, not the previous
     step's as in the authors' file), then ``p := p_old + g (p_radam - p_old)``.
-    See :class:`ActiveLR` for the rule and the state.
+    See :class:`ActiveLR` for the rule and the state: the optimizer's own handle,
+    ``optimizer.active_lr``, joined in ``__init__`` (and again in a copy or an
+    unpickled one).
 
     Args:
         params, lr (default 1e-3), betas, eps, weight_decay (default 0),
@@ -636,6 +795,7 @@ class ActiveRAdam(ActiveLR, RAdam):
         min_multiplier: float | None = None,
         scale_weight_decay: bool = True,
     ) -> None:
+        check_bool("scale_weight_decay", scale_weight_decay)  # the handle reads None as: no such group key
         super().__init__(
             params,
             lr,
@@ -645,23 +805,25 @@ class ActiveRAdam(ActiveLR, RAdam):
             decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+        )
+        self.active_lr = ActiveLR(
+            self,
             steps_per_epoch=steps_per_epoch,
             lr_high=lr_high,
             lr_low=lr_low,
             max_multiplier=max_multiplier,
             min_multiplier=min_multiplier,
-            scale_weight_decay=check_bool("scale_weight_decay", scale_weight_decay),
+            scale_weight_decay=scale_weight_decay,
         )
 
-    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
-        return {"step", "exp_avg", "exp_avg_sq"}
 
-
-class ActiveAdaBelief(ActiveLR, AdaBelief):
+class ActiveAdaBelief(_ActiveOptimizer, AdaBelief):
     __doc__ = (
         r"""AdaBelief (:class:`autodrop.optim.adabelief.AdaBelief`) whose step is scaled per element by ActiveLR's g.
 
-    See :class:`ActiveLR` for the rule and the state.
+    See :class:`ActiveLR` for the rule and the state: the optimizer's own handle,
+    ``optimizer.active_lr``, joined in ``__init__`` (and again in a copy or an
+    unpickled one).
 
     Args:
         params, lr (default 1e-3), betas, eps (default 1e-16), weight_decay
@@ -689,6 +851,7 @@ class ActiveAdaBelief(ActiveLR, AdaBelief):
         min_multiplier: float | None = None,
         scale_weight_decay: bool = True,
     ) -> None:
+        check_bool("scale_weight_decay", scale_weight_decay)  # the handle reads None as: no such group key
         super().__init__(
             params,
             lr,
@@ -697,13 +860,44 @@ class ActiveAdaBelief(ActiveLR, AdaBelief):
             weight_decay,
             decoupled_weight_decay,
             maximize=maximize,
+        )
+        self.active_lr = ActiveLR(
+            self,
             steps_per_epoch=steps_per_epoch,
             lr_high=lr_high,
             lr_low=lr_low,
             max_multiplier=max_multiplier,
             min_multiplier=min_multiplier,
-            scale_weight_decay=check_bool("scale_weight_decay", scale_weight_decay),
+            scale_weight_decay=scale_weight_decay,
         )
 
-    def _base_state_keys(self, group: dict[str, Any]) -> set[str]:
-        return {"step", "exp_avg", "exp_avg_var"}
+
+def _sgd_state(group: dict[str, Any]) -> set[str]:
+    return {"momentum_buffer"} if group["momentum"] != 0 else set()
+
+
+def _adam_state(group: dict[str, Any]) -> set[str]:
+    return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
+
+
+def _radam_state(group: dict[str, Any]) -> set[str]:
+    return {"step", "exp_avg", "exp_avg_sq"}
+
+
+def _adabelief_state(group: dict[str, Any]) -> set[str]:
+    return {"step", "exp_avg", "exp_avg_var"}
+
+
+# The per-parameter state a known base's step needs once it has stepped, by the optimizer's exact class
+# (a subclass may keep other state); other bases are not checked.
+_BASE_STATE = {
+    SGD: _sgd_state,
+    ActiveSGD: _sgd_state,
+    Adam: _adam_state,
+    AdamW: _adam_state,
+    ActiveAdamW: _adam_state,
+    RAdam: _radam_state,
+    ActiveRAdam: _radam_state,
+    AdaBelief: _adabelief_state,
+    ActiveAdaBelief: _adabelief_state,
+}
