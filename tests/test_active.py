@@ -169,7 +169,8 @@ def test_multiplier_update_matches_numpy(rule):
 
 @pytest.mark.parametrize("cls", [ActiveAdamW, ActiveAdaBelief])
 @pytest.mark.parametrize("scale_weight_decay", [True, False])
-def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, scale_weight_decay):
+@pytest.mark.parametrize("closure", [False, True], ids=["grads", "closure"])
+def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, scale_weight_decay, closure):
     model = make_model(dtype=torch.float64)
     lr, decay = 1e-2, 0.3
     optimizer = cls(
@@ -189,7 +190,12 @@ def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, sc
     for group in base.param_groups:
         group["weight_decay"] = 0.0
     before = [p.detach().clone() for p in model.parameters()]
-    train_step(model, optimizer, batches[7])
+    if closure:  # the gradients are made inside step(): none exist when it begins
+        x, y = batches[7]
+        optimizer.zero_grad()
+        optimizer.step(lambda: F.cross_entropy(model(x), y).backward())
+    else:
+        train_step(model, optimizer, batches[7])
     train_step(base_model, base, batches[7])
     for p, q, old, g in zip(model.parameters(), base_model.parameters(), before, multipliers, strict=True):
         step = q.detach() - old
@@ -416,8 +422,12 @@ def test_presets_and_defaults():
         (lambda p: ActiveSGD(p, lr_high=-1.0), ValueError, r"lr_high must be >= 0, got -1.0"),
         (lambda p: ActiveSGD(p, lr_low=0.0), ValueError, r"lr_low must be in \(0, 1\], got 0.0"),
         (lambda p: ActiveAdamW(p, lr_low=1.5), ValueError, r"lr_low must be in \(0, 1\], got 1.5"),
-        (lambda p: ActiveRAdam(p, max_multiplier=0.5), ValueError, r"max_multiplier must be >= 1 or None"),
-        (lambda p: ActiveAdaBelief(p, min_multiplier=2.0), ValueError, r"min_multiplier must be in \(0, 1\]"),
+        (lambda p: ActiveRAdam(p, max_multiplier=0.5), ValueError, r"max_multiplier must be None or >= 1, got 0.5"),
+        (
+            lambda p: ActiveAdaBelief(p, min_multiplier=2.0),
+            ValueError,
+            r"min_multiplier must be None or in \(0, 1\], got 2.0",
+        ),
         (lambda p: ActiveAdamW(p, scale_weight_decay=1), TypeError, r"scale_weight_decay must be a bool"),
         (lambda p: ActiveRAdam(p, weight_decay=0.1, scale_weight_decay=False), ValueError, r"needs decoupled"),
         (
@@ -815,7 +825,7 @@ def test_groups_added_after_the_join_take_the_rule_at_the_next_step():
     assert (group["lr_high"], group["lr_low"], group["epoch_steps"], group["epoch"]) == (0.5, 0.25, 1, 0)
     # an Active* optimizer checks a new group at once, and does not keep a refused one
     sgd = ActiveSGD(model[0].parameters(), lr=0.1)
-    with pytest.raises(ValueError, match=r"max_multiplier of param group 1 must be >= 1 or None"):
+    with pytest.raises(ValueError, match=r"max_multiplier of param group 1 must be None or >= 1, got 0.5"):
         sgd.add_param_group({"params": model[2].parameters(), "max_multiplier": 0.5})
     assert len(sgd.param_groups) == 1
 

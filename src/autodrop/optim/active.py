@@ -1,9 +1,8 @@
 """ActiveLR (Wadi, Fredette, Senecal, arXiv 2301.10133): per-element LR multipliers from gradient signs.
 
-Per parameter element keep a multiplier g (initially 1), the gradient summed over
-the current epoch G_now, and the sign of the last epoch sum that was not zero,
-s_prev (0 until there is one). Every step, the base optimizer's update is scaled
-by g:
+Per parameter element keep a multiplier g (initially 1), the gradient summed over the current epoch
+G_now, and the sign of the last epoch sum that was not zero, s_prev (0 until there is one). Every step,
+the base optimizer's update is scaled by g:
 
     theta_t = theta_{t-1} + g * (base_step(theta_{t-1}) - theta_{t-1}),   G_now += grad
 
@@ -12,22 +11,15 @@ At the end of every epoch, where both signs exist (so from the second epoch on):
     g := g + lr_high    if sign(G_now) == s_prev   (the direction held: additive increase)
     g := g * lr_low     if sign(G_now) == -s_prev  (it flipped: multiplicative decrease)
 
-(g stays between the smallest normal and the largest finite number of its dtype,
-so it never reaches 0 or Inf)
+then s_prev := sign(G_now) where G_now != 0, and G_now := 0; g stays between the smallest normal and
+the largest finite number of its dtype, so it never reaches 0 or Inf. An element whose epoch sum is
+exactly zero received no gradient (no ``.grad``, unused embedding rows, dead units): it keeps its
+multiplier and its last sign, instead of being halved every epoch as in the authors' code. Keeping
+sign(G_prev) rather than G_prev is the same test, ``G_prev * G_now > 0``, in a quarter of the memory.
 
-then s_prev := sign(G_now) where G_now != 0, and G_now := 0. An element whose
-epoch sum is exactly zero received no gradient (no ``.grad``, unused embedding
-rows, dead units): it keeps its multiplier and its last sign, instead of being
-halved every epoch as in the authors' code. Keeping sign(G_prev) rather than
-G_prev is the same test, ``G_prev * G_now > 0``, in a quarter of the memory.
-
-The rule is implemented once, in :class:`ActiveLR`, a handle that joins an
-optimizer through torch's public optimizer hooks: the optimizer keeps its class,
-and its own step (torch's SGD, AdamW and RAdam, this package's AdaBelief
-(:mod:`autodrop.optim.adabelief`), or a third party's) runs unchanged; the rule
-rescales what it did. :class:`ActiveSGD`, :class:`ActiveAdamW`,
-:class:`ActiveRAdam` and :class:`ActiveAdaBelief` are those four bases joined by
-their own handle in ``__init__``.
+The rule is implemented once, in :class:`ActiveLR`, a handle on any optimizer; :class:`ActiveSGD`,
+:class:`ActiveAdamW`, :class:`ActiveRAdam` and :class:`ActiveAdaBelief` are their base optimizers, each
+with its own handle, ``optimizer.active_lr``.
 """
 
 from __future__ import annotations
@@ -35,6 +27,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,14 +35,13 @@ from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer, RAdam
 from torch.optim.optimizer import ParamsT
 
-from ..checks import check_bool, check_int, check_keys, check_list, check_real
+from ..checks import check_bool, check_int, check_keys, check_list, check_optional_real, check_real
 from .adabelief import AdaBelief
 
 __all__ = ["ACTIVE_PRESETS", "ActiveAdaBelief", "ActiveAdamW", "ActiveLR", "ActiveRAdam", "ActiveSGD"]
 
-#: The (lr_high, lr_low) pairs of the authors' published files. ``"logs"`` is the
-#: default: every experiment log the authors published used it. Use one with
-#: ``ActiveAdamW(params, **ACTIVE_PRESETS["final"])``.
+#: The (lr_high, lr_low) pairs of the authors' published files. ``"logs"`` is the default: every experiment
+#: log the authors published used it. Use one with ``ActiveAdamW(params, **ACTIVE_PRESETS["final"])``.
 ACTIVE_PRESETS: dict[str, dict[str, float]] = {
     "logs": {"lr_high": 2.0, "lr_low": 0.5},  # the "Active" optimizer files
     "final": {"lr_high": 0.2, "lr_low": 0.5},  # the final published AdamW, RAdam, AdaBelief
@@ -66,81 +58,62 @@ MAX_STEPS = 2**63 - 1
 """The largest ``steps_per_epoch`` (and epoch position): an int64, which every checkpoint format holds."""
 # Group keys a checkpoint may lack: set by schedulers or by torch for its own bookkeeping.
 _BOOKKEEPING_KEYS = {"initial_lr", "param_names"}
-# torch's one private name here, read by torch.amp.GradScaler: False makes the scaler unscale the
-# gradients before step() and skip an overflowing step() whole, also for a fused base (which could
-# unscale and skip inside its own kernel), so the rule's sums only ever add true, finite gradients.
+# torch's one private name here, read by torch.amp.GradScaler: False makes the scaler unscale the gradients
+# before step() and skip an overflowing step() whole, also for a fused base, so the sums add true gradients.
 _AMP_SCALING_ATTRIBUTE = "_step_supports_amp_scaling"
-# The optimizers an ActiveLR has joined and not left: torch keeps no hooks in a copy or a pickle,
-# so a copy of a joined optimizer is not in here and may be joined again.
+# The optimizers joined and not left (torch keeps no hooks in a copy or a pickle: a copy may join again).
 _JOINED: weakref.WeakSet[Optimizer] = weakref.WeakSet()
 
 _ARGS_DOC = """
     ActiveLR arguments (keyword-only; each is also a param-group key, so groups may differ):
-        steps_per_epoch: ``step()`` calls per epoch, an int in ``[1, 2**63 - 1]``; the
-            epoch then ends by itself after that many steps. ``None`` (default):
-            epochs end only when you call ``end_epoch()``. When both are used,
-            whichever comes first ends the epoch and restarts the count; an epoch
-            with no step since it began is never ended, so calling ``end_epoch()``
-            right after the count ended an epoch does nothing. Every ``step()``
-            counts once in every group.
-        lr_high: added to g where the epoch-summed gradient kept its sign, ``>= 0``
-            and with ``1 + lr_high`` finite in the group's parameter dtype (default 2.0).
-        lr_low: factor on g where it flipped, in ``(0, 1]`` (default 0.5).
-            Other pairs of the authors' files: :data:`ACTIVE_PRESETS`.
-        max_multiplier: upper bound on g, ``>= 1`` and with ``max_multiplier + lr_high``
-            at most the largest finite number of the group's narrowest parameter dtype
-            (float32: about 3.4e38, float16: 65504), so that ``g + lr_high`` is finite
-            and the bound is one the dtype holds; or ``None`` (default): unbounded, as
-            the authors (g is 1 + 2k after k agreeing epochs, and saturates at the
-            dtype's largest finite number).
+        steps_per_epoch: ``step()`` calls per epoch, an int in ``[1, 2**63 - 1]``, after which the epoch ends
+            by itself; ``None`` (default): only ``end_epoch()`` ends it. With both, whichever comes first ends
+            the epoch and restarts the count; an epoch with no step yet is never ended (``end_epoch()`` right
+            after the count ended one does nothing). Every ``step()`` counts once in every group.
+        lr_high: added to g where the epoch-summed gradient kept its sign, ``>= 0`` with ``1 + lr_high``
+            finite in the group's parameter dtype (default 2.0).
+        lr_low: factor on g where it flipped, in ``(0, 1]`` (default 0.5). Other pairs of the authors'
+            files: :data:`ACTIVE_PRESETS`.
+        max_multiplier: upper bound on g, ``>= 1`` with ``max_multiplier + lr_high`` at most the largest
+            finite number of the group's narrowest parameter dtype (float32: about 3.4e38, float16:
+            65504); or ``None`` (default): unbounded, as the authors (g is 1 + 2k after k agreeing
+            epochs; it saturates at the dtype's largest finite number).
         min_multiplier: lower bound on g, in ``(0, 1]``, or ``None`` (default).
 """
 
-_DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay by ``lr * g`` like the
-            rest of the step (True, default, as the authors' Active AdamW/RAdam), or
-            by ``lr`` alone (False, as their final AdamW). Coupled (L2) decay is part
-            of the gradient and always scaled, so False needs decoupled decay.
+_DECAY_DOC = """        scale_weight_decay: scale the decoupled weight decay (``decoupled_weight_decay=True``) by
+            ``lr * g`` like the rest of the step (True, default, as the authors' Active AdamW/RAdam), or by
+            ``lr`` alone (False, as their final AdamW). Coupled (L2) decay is part of the gradient and
+            always scaled. ``ActiveLR``'s default is ``None``: no such group key, all the step scaled.
 """
 
 
 def _check_active_args(suffix: str, values: Mapping[str, Any], params: list[Tensor]) -> dict[str, Any]:
-    """The ActiveLR keys of ``values``, checked, as plain Python numbers (a numpy scalar in a
-    param group would make the optimizer's checkpoint unloadable with ``weights_only=True``).
-
-    ``lr_high`` and ``max_multiplier`` are bounded by the largest finite number of the
-    narrowest floating dtype of ``params``, the parameters they will act on."""
-
-    def name(key: str) -> str:
-        return key + suffix
-
-    steps = values["steps_per_epoch"]
-    low, high = values["min_multiplier"], values["max_multiplier"]
+    """The ActiveLR keys of ``values`` checked, as plain Python numbers (loadable with ``weights_only=True``);
+    ``lr_high`` and ``max_multiplier`` bounded by the largest finite number of ``params``' narrowest dtype."""
+    steps, high, low = values["steps_per_epoch"], values["max_multiplier"], values["min_multiplier"]
     checked = {
-        "steps_per_epoch": None if steps is None else check_int(name("steps_per_epoch"), steps, 1, MAX_STEPS),
-        "lr_high": check_real(name("lr_high"), values["lr_high"], ">= 0", lambda v: v >= 0),
-        "lr_low": check_real(name("lr_low"), values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1),
-        "max_multiplier": None
-        if high is None
-        else check_real(name("max_multiplier"), high, ">= 1 or None", lambda v: v >= 1),
-        "min_multiplier": None
-        if low is None
-        else check_real(name("min_multiplier"), low, "in (0, 1] or None", lambda v: 0 < v <= 1),
+        "steps_per_epoch": steps if steps is None else check_int("steps_per_epoch" + suffix, steps, 1, MAX_STEPS),
+        "lr_high": check_real("lr_high" + suffix, values["lr_high"], ">= 0", lambda v: v >= 0),
+        "lr_low": check_real("lr_low" + suffix, values["lr_low"], "in (0, 1]", lambda v: 0 < v <= 1),
+        "max_multiplier": check_optional_real("max_multiplier" + suffix, high, ">= 1", lambda v: v >= 1),
+        "min_multiplier": check_optional_real("min_multiplier" + suffix, low, "in (0, 1]", lambda v: 0 < v <= 1),
     }
-    dtypes = sorted({p.dtype for p in params if p.is_floating_point()}, key=lambda d: torch.finfo(d).max)
-    if dtypes:
-        largest, lr_high = torch.finfo(dtypes[0]).max, checked["lr_high"]
-        why = f"the largest finite {dtypes[0]} less {{}}, so that g + lr_high stays finite"
+    dtype = min((p.dtype for p in params if p.is_floating_point()), key=lambda d: torch.finfo(d).max, default=None)
+    if dtype is not None:
+        largest, lr_high = torch.finfo(dtype).max, checked["lr_high"]
+        why = f"the largest finite {dtype} less {{}}, so that g + lr_high stays finite"
         if lr_high + 1 > largest:
             raise ValueError(
-                f"{name('lr_high')} must be in [0, {largest - 1!r}] ({why.format('1')}), got {values['lr_high']!r}"
+                f"lr_high{suffix} must be in [0, {largest - 1!r}] ({why.format('1')}), got {values['lr_high']!r}"
             )
         if checked["max_multiplier"] is not None and checked["max_multiplier"] + lr_high > largest:
             raise ValueError(
-                f"{name('max_multiplier')} must be in [1, {largest - lr_high!r}] ({why.format(f'lr_high {lr_high}')}) "
+                f"max_multiplier{suffix} must be in [1, {largest - lr_high!r}] ({why.format(f'lr_high {lr_high}')}) "
                 f"or None, got {high!r}"
             )
     if "scale_weight_decay" in values:
-        checked["scale_weight_decay"] = check_bool(name("scale_weight_decay"), values["scale_weight_decay"])
+        checked["scale_weight_decay"] = check_bool("scale_weight_decay" + suffix, values["scale_weight_decay"])
     return checked
 
 
@@ -162,7 +135,9 @@ def _check_like(name: str, value: Any, current: Any) -> None:
         raise TypeError(f"{name} must be a {type(current).__name__}, got {value!r}")
 
 
-def _check_param_state(where: str, state: Any, param: Tensor) -> None:
+def _check_param_state(where: str, state: Any, param: Tensor, needed: set[str]) -> None:
+    """One parameter's saved state: the rule's and the base's tensors, and (once it has stepped) the
+    ``needed`` state of a known base complete."""
     if not isinstance(state, Mapping):
         raise TypeError(f"{where} must be a dict, got {type(state).__name__}")
     present = [key for key in _RULE_STATE if key in state]
@@ -189,64 +164,38 @@ def _check_param_state(where: str, state: Any, param: Tensor) -> None:
             raise ValueError(f"{name} must be > 0 everywhere (g starts at 1 and is only raised or scaled)")
         if key == "grad_sign" and not bool(((value == -1) | (value == 0) | (value == 1)).all()):
             raise ValueError(f"{name} must hold signs in {{-1, 0, 1}}")
+    missing = sorted(key for key in needed if state.get(key) is None) if state else []
+    if missing:
+        raise KeyError(f"{where} lacks the base optimizer's {missing} (absent or None): its next step would fail")
 
 
 class ActiveLR:
     __doc__ = (
-        r"""The ActiveLR sign rule joined to an existing ``torch.optim.Optimizer``: a handle.
+        r"""The ActiveLR sign rule (module docstring) joined to an existing ``torch.optim.Optimizer``: a handle.
 
-    ``active = ActiveLR(optimizer, ...)`` scales every update of ``optimizer``, per
-    element, by a multiplier :math:`g` that it adapts once per epoch:
+    ``active = ActiveLR(optimizer, ...)`` scales each update of ``optimizer`` per element by g (the step is
+    ``lr * g`` times the base's direction; the group LR stays the user's and a scheduler's). It runs in
+    torch's public optimizer hooks: ``optimizer`` keeps its class, its ``step`` and its constructor
+    (torch's, this package's or a third party's), and ``load_state_dict`` checks a checkpoint completely
+    (:meth:`check_state`) before anything changes. The state lives in ``optimizer.state[p]``
+    (``multiplier`` g, ``grad_sum`` G, ``grad_sign`` s_prev, int8) and the param groups (the settings,
+    ``epoch_steps`` since the epoch began, ``epoch`` ended): ``state_dict()`` / ``load_state_dict()``
+    and ``torch.save(..., weights_only=True)`` resume it exactly.
 
-    .. math::
-        \theta_t &= \theta_{t-1} + g\,(\mathrm{base\_step}(\theta_{t-1}) - \theta_{t-1}),
-                   \qquad G \mathrel{+}= \nabla_\theta L \\
-        g &\leftarrow g + \mathrm{lr\_high} \quad \text{where } \operatorname{sign}(G) = s_{prev}
-             \text{ at the epoch's end (the direction held)} \\
-        g &\leftarrow g \cdot \mathrm{lr\_low} \quad \text{where } \operatorname{sign}(G) = -s_{prev}
-             \text{ (it flipped)}
-
-    then :math:`s_{prev} \leftarrow \operatorname{sign}(G)` where :math:`G \ne 0`, and
-    :math:`G \leftarrow 0` (module docstring). The group LR stays the user's (and a
-    scheduler's, e.g. :class:`autodrop.AutoDrop`): the step taken is ``lr * g`` times
-    the base's direction.
-
-    The rule runs in torch's public hooks of ``optimizer``: a step pre-hook keeps the
-    parameters as they were, the optimizer's own, unchanged ``step`` runs, and a step
-    post-hook rescales what it did and adds the gradients to the epoch's sums; a
-    ``load_state_dict`` pre-hook checks a checkpoint completely (:meth:`check_state`)
-    before anything changes. ``optimizer`` keeps its class and its constructor is
-    never run again, so it may be any optimizer with torch's hooks: torch's, this
-    package's, or a third party's. The rule's per-element state lives in
-    ``optimizer.state[p]``: ``multiplier`` (g), ``grad_sum`` (G) and ``grad_sign``
-    (:math:`s_{prev}`, int8); the epoch position in each param group (``epoch_steps``:
-    steps since the epoch began, ``epoch``: epochs ended), with the rule's settings.
-    So ``optimizer.state_dict()`` / ``load_state_dict()`` (and ``torch.save(...,
-    weights_only=True)``) resume it exactly.
-
-    torch keeps no hooks in a copy: ``copy.deepcopy(optimizer)`` or a pickle of the
-    optimizer carries the rule's state and settings but not the rule; join the copy
-    again (``ActiveLR(copy)`` continues exactly, the groups keeping their settings),
-    or copy the handle (``copy.deepcopy(active).optimizer`` is a joined copy). An
-    optimizer is joined at most once; :meth:`remove` leaves it.
+    torch keeps no hooks in a copy: a deepcopy or pickle of the optimizer carries the rule's state and
+    settings, not the rule; join the copy again (``ActiveLR(copy)`` continues exactly) or copy the handle
+    (``copy.deepcopy(active).optimizer`` is a joined copy). It joins once; :meth:`remove` leaves.
 
     Args:
-        optimizer: the ``torch.optim.Optimizer`` to join; its param groups (and those
-            added later with ``optimizer.add_param_group``, checked at the next step)
-            take the arguments below unless they set their own.
+        optimizer: the ``torch.optim.Optimizer`` to join; its param groups (and those added later with
+            ``optimizer.add_param_group``, checked at the next step) take the arguments below unless set.
 """
         + _ARGS_DOC
-        + """        scale_weight_decay: for a base with decoupled weight decay (param groups
-            with ``decoupled_weight_decay=True``), scale that decay by ``lr * g`` (True)
-            or by ``lr`` alone (False). ``None`` (default): not a key of the groups,
-            every step including the decay is scaled by ``g``.
-
-    Per step the rule costs one copy of the trainable parameters, one ``foreach``
-    add (the sums) and one ``foreach`` lerp; its memory is two parameter-sized
-    buffers plus one byte per element, and the copy while ``step()`` runs; the
-    epoch end is a few tensor ops per parameter. Sparse gradients and complex
-    parameters are refused. With a fused base, torch's GradScaler unscales the
-    gradients itself before ``step()`` (the sums must see true gradients).
+        + _DECAY_DOC
+        + """
+    Per step: a copy of the trainable parameters, a ``foreach`` add and lerp; memory: two parameter-sized
+    buffers and a byte per element. Sparse gradients and complex parameters are refused. torch's GradScaler
+    unscales the gradients before ``step()``, also for a fused base (the sums need true gradients).
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -275,23 +224,15 @@ class ActiveLR:
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        name = type(optimizer).__name__
         if optimizer in _JOINED:
-            raise ValueError(
-                f"this {type(optimizer).__name__} has an ActiveLR already: the rule runs once per step; "
-                "remove() the first handle to join a new one"
-            )
-        settings = {
-            "steps_per_epoch": steps_per_epoch,
-            "lr_high": lr_high,
-            "lr_low": lr_low,
-            "max_multiplier": max_multiplier,
-            "min_multiplier": min_multiplier,
-        }
+            raise ValueError(f"this {name} has an ActiveLR already: remove() it to join a new one")
+        settings = dict(zip(_SETTINGS, (steps_per_epoch, lr_high, lr_low, max_multiplier, min_multiplier)))
         if scale_weight_decay is not None:
             settings["scale_weight_decay"] = scale_weight_decay
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         self.optimizer = optimizer
-        self._defaults = _check_active_args("", settings, params)
+        self._name = name if isinstance(optimizer, _ActiveOptimizer) else f"ActiveLR on {name}"  # for messages
+        self._defaults = _check_active_args("", settings, [p for g in optimizer.param_groups for p in g["params"]])
         self._starts: list[tuple[list[Tensor], list[Tensor]]] = []
         self._join_groups(every=True)
         optimizer.defaults.update(self._defaults)  # torch's add_param_group fills them in new groups
@@ -300,7 +241,7 @@ class ActiveLR:
         self._hooks = (
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
-            optimizer.register_state_dict_pre_hook(self._before_state_dict),
+            optimizer.register_state_dict_pre_hook(lambda _: self._join_groups()),
             optimizer.register_load_state_dict_pre_hook(self._before_load),
             optimizer.register_load_state_dict_post_hook(self._after_load),
         )
@@ -308,45 +249,33 @@ class ActiveLR:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """The rule's settings given to the constructor, which every param group takes unless it sets
-        its own (``optimizer.param_groups`` hold the values in use)."""
+        """The settings given to the constructor, which a param group takes unless it sets its own."""
         return dict(self._defaults)
 
-    @property
-    def _name(self) -> str:
-        name = type(self.optimizer).__name__
-        return name if isinstance(self.optimizer, _ActiveOptimizer) else f"ActiveLR on {name}"
-
     def _join_groups(self, every: bool = False) -> None:
-        """Give the rule's keys to the param groups that lack them (``every``: to all of them, at the
-        join), every group checked before any changes."""
-        groups = [
-            (index, group) for index, group in enumerate(self.optimizer.param_groups) if every or "epoch" not in group
-        ]
-        keys = [self._group_keys(index, group) for index, group in groups]
-        for (_, group), checked in zip(groups, keys):
+        """Give the rule's keys (a group's own, else the handle's) to the param groups that lack them
+        (``every``: to all of them, at the join), every group checked before any changes."""
+        joining = [(i, group) for i, group in enumerate(self.optimizer.param_groups) if every or "epoch" not in group]
+        keys = []
+        for index, group in joining:
+            where = f" of param group {index}"
+            keys.append(_check_active_args(where, {**self._defaults, **group}, group["params"]))
+            for key in _POSITION:  # a copy of a joined optimizer keeps its position
+                keys[-1][key] = check_int(key + where, group.get(key, 0), 0, MAX_STEPS)
+            if not keys[-1].get("scale_weight_decay", True) and group.get("decoupled_weight_decay") is not True:
+                raise ValueError(
+                    f"scale_weight_decay=False (param group {index}) needs decoupled weight decay "
+                    "(decoupled_weight_decay=True): coupled (L2) decay is part of the gradient, always scaled by g"
+                )
+        for (_, group), checked in zip(joining, keys):
             group.update(checked)
 
-    def _group_keys(self, index: int, group: dict[str, Any]) -> dict[str, Any]:
-        """The rule's keys of param group ``index``: its own, else the handle's; checked."""
-        where = f" of param group {index}"
-        keys = _check_active_args(where, {**self._defaults, **group}, group["params"])
-        for key in _POSITION:  # a copy of a joined optimizer keeps its position
-            keys[key] = check_int(key + where, group.get(key, 0), 0, MAX_STEPS)
-        if not keys.get("scale_weight_decay", True) and group.get("decoupled_weight_decay") is not True:
-            raise ValueError(
-                f"scale_weight_decay=False (param group {index}) needs decoupled weight decay (the group's "
-                "decoupled_weight_decay=True): coupled (L2) decay is part of the gradient and always scaled "
-                "by the multiplier"
-            )
-        return keys
-
-    def _params_with_grad(self, index: int, group: dict[str, Any], require_grad: bool = True) -> list[Tensor]:
-        """The group's parameters with a gradient (``require_grad=False``: those that may get one);
-        a ``RuntimeError`` for sparse gradients and complex parameters."""
+    def _trainable(self, index: int, group: dict[str, Any]) -> list[Tensor]:
+        """The group's parameters that have a gradient or may get one; a ``RuntimeError`` for sparse
+        gradients and complex parameters."""
         params = []
         for position, p in enumerate(group["params"]):
-            if p.grad is None and (require_grad or not p.requires_grad):
+            if p.grad is None and not p.requires_grad:
                 continue
             where = f"parameter {position} of param group {index}"
             if p.grad is not None and p.grad.is_sparse:
@@ -359,38 +288,13 @@ class ActiveLR:
             params.append(p)
         return params
 
-    def _active_state(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        sums, multipliers = [], []
-        for p in params:
-            state = self.optimizer.state[p]
-            if "multiplier" not in state:
-                state["multiplier"] = torch.ones_like(p, memory_format=torch.preserve_format)
-                state["grad_sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["grad_sign"] = torch.zeros_like(p, dtype=torch.int8, memory_format=torch.preserve_format)
-            sums.append(state["grad_sum"])
-            multipliers.append(state["multiplier"])
-        return sums, multipliers
-
     @torch.no_grad()
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        """Apply the decoupled decay of ``scale_weight_decay=False`` groups (hidden from the base, so it is
-        scaled by ``lr`` alone, torch's ``p *= 1 - lr * wd``), then keep every trainable parameter as it is
-        (a closure may give parameters their gradients inside the base's step). Everything that can be
-        refused is refused before anything changes."""
+        """Keep every trainable parameter as it is (a closure may give parameters their gradients inside
+        the base's step), after refusing what the rule cannot take."""
         self._join_groups()
-        groups = optimizer.param_groups
-        for group in groups:
-            if "hidden_weight_decay" in group:  # a base step that raised left it hidden
-                group["weight_decay"] = group.pop("hidden_weight_decay")
-        trainable = [self._params_with_grad(index, group, require_grad=False) for index, group in enumerate(groups)]
-        self._starts = []
-        for group, params in zip(groups, trainable):
-            if not group.get("scale_weight_decay", True) and group["weight_decay"] != 0:
-                with_grad = [p for p in params if p.grad is not None]
-                if with_grad:
-                    torch._foreach_mul_(with_grad, 1 - group["lr"] * group["weight_decay"])
-                group["hidden_weight_decay"], group["weight_decay"] = group["weight_decay"], 0.0
-            self._starts.append((params, [p.detach().clone() for p in params]))
+        trainable = [self._trainable(index, group) for index, group in enumerate(optimizer.param_groups)]
+        self._starts = [(params, [p.detach().clone() for p in params]) for params in trainable]
 
     @torch.no_grad()
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -398,60 +302,55 @@ class ActiveLR:
         sums, and end the epoch when ``steps_per_epoch`` steps are done."""
         starts, self._starts = self._starts, []
         for index, (group, (params, start)) in enumerate(zip(optimizer.param_groups, starts, strict=True)):
-            if "hidden_weight_decay" in group:
-                group["weight_decay"] = group.pop("hidden_weight_decay")
+            self._trainable(index, group)  # the gradients the step used (a closure's too): refused if sparse
             stepped = [(p, s) for p, s in zip(params, start) if p.grad is not None]
-            self._params_with_grad(index, group)  # the gradients the step used: refused if sparse
             if stepped:
                 params, start = [p for p, _ in stepped], [s for _, s in stepped]
-                sums, multipliers = self._active_state(params)
-                torch._foreach_add_(sums, [p.grad for p in params])
+                if not group.get("scale_weight_decay", True) and group["weight_decay"] != 0:
+                    # the base's decoupled decay, p *= 1 - lr * wd, scaled by lr alone: g scales the rest
+                    torch._foreach_mul_(start, 1 - group["lr"] * group["weight_decay"])
+                states = [optimizer.state[p] for p in params]
+                for p, state in zip(params, states):
+                    if "multiplier" not in state:
+                        state.update(multiplier=torch.ones_like(p), grad_sum=torch.zeros_like(p))
+                        state["grad_sign"] = torch.zeros_like(p, dtype=torch.int8)
+                torch._foreach_add_([state["grad_sum"] for state in states], [p.grad for p in params])
                 # start + g (end - start); exactly the base's result where g == 1
-                torch._foreach_lerp_(start, params, multipliers)
+                torch._foreach_lerp_(start, params, [state["multiplier"] for state in states])
                 torch._foreach_copy_(params, start)
             group["epoch_steps"] += 1
             if group["steps_per_epoch"] is not None and group["epoch_steps"] >= group["steps_per_epoch"]:
                 self._end_group_epoch(group)
             elif group["epoch_steps"] == STEPS_WITHOUT_EPOCH_END and group["epoch"] == 0:
                 warnings.warn(
-                    f"{self._name}: {STEPS_WITHOUT_EPOCH_END} steps and no epoch has ended, so every "
-                    "multiplier is still 1 and this runs as its base optimizer: call end_epoch() at each "
-                    "epoch's end, or pass steps_per_epoch",
+                    f"{self._name}: {STEPS_WITHOUT_EPOCH_END} steps and no epoch has ended, so every g is 1 and "
+                    "this runs as its base optimizer: call end_epoch() at each epoch's end, or pass steps_per_epoch",
                     RuntimeWarning,
                     stacklevel=3,
                 )
-
-    def _before_state_dict(self, optimizer: Optimizer) -> None:
-        self._join_groups()
 
     def _before_load(self, optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
         self._join_groups()
         self.check_state(state_dict)
 
     def _after_load(self, optimizer: Optimizer) -> None:
-        # torch casts every floating state tensor to the parameter's dtype; the signs stay int8
-        for state in optimizer.state.values():
+        for state in optimizer.state.values():  # torch casts floating state to the parameter's dtype
             if "grad_sign" in state:
                 state["grad_sign"] = state["grad_sign"].to(torch.int8)
 
     def end_epoch(self) -> bool:
-        """End the current epoch of every param group that has stepped since its epoch began.
-
-        Returns whether any group ended one. See ``steps_per_epoch`` for how this
-        combines with the automatic end.
-        """
+        """End the current epoch of every param group that has stepped since its epoch began; returns
+        whether any group ended one. See ``steps_per_epoch`` for how this combines with the automatic end."""
         if self.optimizer not in _JOINED:
             raise RuntimeError(f"this ActiveLR was removed from its {type(self.optimizer).__name__}")
         self._join_groups()
-        ended = [self._end_group_epoch(group) for group in self.optimizer.param_groups]
-        return any(ended)
+        return any([self._end_group_epoch(group) for group in self.optimizer.param_groups])  # a list: all end
 
     @torch.no_grad()
     def _end_group_epoch(self, group: dict[str, Any]) -> bool:
         if group["epoch_steps"] == 0:
             return False
         lr_high, lr_low = group["lr_high"], group["lr_low"]
-        low, high = group["min_multiplier"], group["max_multiplier"]
         for p in group["params"]:
             state = self.optimizer.state.get(p)
             if state is None or "multiplier" not in state:
@@ -461,13 +360,10 @@ class ActiveLR:
             agreement = sign * last_sign  # +1 kept its sign, -1 flipped, 0 nothing to compare
             updated = torch.where(agreement > 0, multiplier + lr_high, multiplier)
             updated = torch.where(agreement < 0, multiplier * lr_low, updated)
-            # Never below the dtype's smallest normal number: halved on every flip, g would reach 0
-            # (fp16 after ~25 flips, fp32 after ~150), a value the rule cannot produce otherwise. Never
-            # above its largest finite number: unbounded, g + lr_high would reach Inf. The bounds were
-            # checked against the dtype, which may have narrowed since (model.half()).
-            finfo = torch.finfo(multiplier.dtype)
-            floor = finfo.tiny if low is None else max(low, finfo.tiny)
-            updated.clamp_(min=floor, max=finfo.max if high is None else min(high, finfo.max))
+            # Within the dtype's smallest normal (halved on every flip, g would reach 0) and largest finite
+            # number (g + lr_high would reach Inf), as the dtype may have narrowed since the bounds' check.
+            finfo, low, high = torch.finfo(multiplier.dtype), group["min_multiplier"], group["max_multiplier"]
+            updated.clamp_(min=max(low or 0.0, finfo.tiny), max=min(high or finfo.max, finfo.max))
             multiplier.copy_(updated)
             last_sign.copy_(torch.where(total != 0, sign.to(torch.int8), last_sign))
             total.zero_()
@@ -476,33 +372,27 @@ class ActiveLR:
         return True
 
     def check_state(self, state_dict: Any) -> None:
-        """Raise ``ValueError``/``TypeError``/``KeyError`` naming what in ``state_dict`` does not fit; changes nothing.
+        """Raise ``ValueError``/``TypeError``/``KeyError`` naming what in ``state_dict`` (one of
+        ``optimizer.state_dict()``) does not fit; changes nothing. ``load_state_dict`` runs it first.
 
-        ``state_dict`` is one of ``optimizer.state_dict()``. Checks the param groups
-        (their number and sizes, that every hyper-parameter of the current groups is
-        there, ``lr``, every ActiveLR key, bounds included, and the epoch position)
-        and, per parameter, that the rule's three tensors are all there or all
-        absent, shaped like the parameter and finite, with multipliers ``> 0`` and
-        signs in {-1, 0, 1}, and that the base's state is finite, shaped like the
-        parameter, and counts ``>= 0``; for torch's SGD, Adam, AdamW and RAdam and
-        for AdaBelief, also that the state their next step needs is complete. torch
-        itself checks only the group sizes. ``optimizer.load_state_dict`` runs this
-        first.
-        """
+        Checked: the param groups (number, sizes, every current hyper-parameter, ``lr``, the ActiveLR keys
+        with their bounds, the epoch position); per parameter the rule's tensors (all or none, shaped like
+        it, finite, g ``> 0``, signs in {-1, 0, 1}), the base's (finite, shaped like it, counts ``>= 0``),
+        and for torch's SGD, Adam, AdamW, RAdam and AdaBelief the state its next step needs."""
         check_keys("optimizer state", state_dict, ("state", "param_groups"))
         groups = self.optimizer.param_groups
         saved_groups = check_list("state['param_groups']", state_dict["param_groups"], len(groups))
         saved_state = state_dict["state"]
         if not isinstance(saved_state, Mapping):
             raise TypeError(f"state['state'] must be a dict, got {type(saved_state).__name__}")
+        base_state = _BASE_STATE.get(type(self.optimizer))
         seen: set[int | str] = set()
         for index, (group, saved) in enumerate(zip(groups, saved_groups)):
             where = f"state['param_groups'][{index}]"
             if not isinstance(saved, Mapping):
                 raise TypeError(f"{where} must be a dict, got {type(saved).__name__}")
             # torch fills a missing hyper-parameter with its default (amsgrad=False, ...): require them all
-            required = (set(group) | set(self._defaults)) - _BOOKKEEPING_KEYS
-            missing = sorted(key for key in required if key not in saved)
+            missing = sorted((set(group) | set(self._defaults)) - _BOOKKEEPING_KEYS - set(saved))
             if missing:
                 raise KeyError(f"{where} lacks {missing}")
             _check_active_args(f" of saved param group {index}", saved, group["params"])
@@ -513,31 +403,21 @@ class ActiveLR:
             for key, current in group.items():
                 if key != "params" and key not in _BOOKKEEPING_KEYS:
                     _check_like(f"{where}[{key!r}]", saved[key], current)
+            needed = base_state(group) if base_state else set()
             keys = check_list(f"{where}['params']", saved["params"], len(group["params"]))
             for position, (param, key) in enumerate(zip(group["params"], keys)):
                 if isinstance(key, bool) or not isinstance(key, (int, str)) or key in seen:
                     raise ValueError(f"{where}['params'][{position}] must be a unique parameter index, got {key!r}")
                 seen.add(key)
                 if key in saved_state:
-                    _check_param_state(f"state['state'][{key!r}]", saved_state[key], param)
-                    self._check_base_state(f"state['state'][{key!r}]", saved_state[key], group)
+                    _check_param_state(f"state['state'][{key!r}]", saved_state[key], param, needed)
         unknown = [key for key in saved_state if key not in seen]
         if unknown:
             raise ValueError(f"state['state'] has entries {unknown!r} for no parameter of the param groups")
 
-    def _check_base_state(self, where: str, state: Mapping[str, Any], group: dict[str, Any]) -> None:
-        """Once a parameter has stepped (it has any state), a known base's state must be complete."""
-        if not state:
-            return
-        needed = _BASE_STATE.get(type(self.optimizer))
-        missing = sorted(key for key in needed(group) if state.get(key) is None) if needed else []
-        if missing:
-            raise KeyError(f"{where} lacks the base optimizer's {missing} (absent or None): its next step would fail")
-
     def remove(self) -> None:
-        """Leave the optimizer: unregister the hooks and delete the rule's state (multipliers, sums,
-        signs, settings and epoch position), so that it steps, saves and loads as it did before the
-        join. Removing twice does nothing; an ``Active*`` optimizer cannot leave its rule."""
+        """Leave the optimizer: unregister the hooks and delete the rule's state and keys, so that it steps,
+        saves and loads as before the join. Twice does nothing; an ``Active*`` optimizer cannot leave."""
         optimizer = self.optimizer
         if isinstance(optimizer, _ActiveOptimizer):
             raise TypeError(
@@ -547,21 +427,16 @@ class ActiveLR:
             return
         for hook in self._hooks:
             hook.remove()
-        for group in optimizer.param_groups:
-            if "hidden_weight_decay" in group:  # a base step that raised left it hidden
-                group["weight_decay"] = group.pop("hidden_weight_decay")
+        for keys in (*optimizer.param_groups, optimizer.defaults):
             for key in (*_SETTINGS, *_POSITION):
-                group.pop(key, None)
-        for key in _SETTINGS:
-            optimizer.defaults.pop(key, None)
+                keys.pop(key, None)
         for param, state in list(optimizer.state.items()):
             for key in _RULE_STATE:
                 state.pop(key, None)
             if not state:
                 del optimizer.state[param]
-        if self._amp_scaling is None:
-            delattr(optimizer, _AMP_SCALING_ATTRIBUTE)
-        else:
+        del optimizer.__dict__[_AMP_SCALING_ATTRIBUTE]
+        if self._amp_scaling is not None:
             setattr(optimizer, _AMP_SCALING_ATTRIBUTE, self._amp_scaling)
         self._starts = []
         _JOINED.discard(optimizer)
@@ -569,19 +444,13 @@ class ActiveLR:
     def __reduce__(self) -> tuple[Any, ...]:
         if self.optimizer not in _JOINED:
             raise TypeError("a removed ActiveLR cannot be copied or pickled")
-        return _joined_again, (self.optimizer, self._defaults)
+        if isinstance(self.optimizer, _ActiveOptimizer):  # its copy joins its own handle as it loads
+            return getattr, (self.optimizer, "active_lr")
+        return partial(ActiveLR, **self._defaults), (self.optimizer,)  # joins the copy (it has no hooks)
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in self._defaults.items())
         return f"ActiveLR({type(self.optimizer).__name__}, {settings})"
-
-
-def _joined_again(optimizer: Optimizer, settings: dict[str, Any]) -> ActiveLR:
-    """An ActiveLR copied or unpickled with its optimizer (whose copy has no hooks): an ``Active*``
-    optimizer's own, which joins it again as it loads, or a new handle joining the copy."""
-    if isinstance(optimizer, _ActiveOptimizer):
-        return optimizer.active_lr
-    return ActiveLR(optimizer, **settings)
 
 
 class _ActiveOptimizer(Optimizer):
@@ -590,12 +459,11 @@ class _ActiveOptimizer(Optimizer):
 
     active_lr: ActiveLR
 
-    def end_epoch(self) -> bool:
-        """End the current epoch of every param group that has stepped since its epoch began.
+    def _join(self, *settings: Any) -> None:  # the ActiveLR arguments, in the order of _SETTINGS
+        self.active_lr = ActiveLR(self, **dict(zip(_SETTINGS, settings)))
 
-        Returns whether any group ended one. See ``steps_per_epoch`` for how this
-        combines with the automatic end.
-        """
+    def end_epoch(self) -> bool:
+        """:meth:`ActiveLR.end_epoch`: end the epoch of every group that stepped in it; whether any did."""
         return self.active_lr.end_epoch()
 
     def check_state(self, state_dict: Any) -> None:
@@ -615,35 +483,21 @@ class _ActiveOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if not hasattr(self, "active_lr"):  # a copy or an unpickled one; load_state_dict calls this too
-            self.active_lr = ActiveLR(self, **{key: self.defaults[key] for key in _SETTINGS if key in self.defaults})
+            self._join(*map(self.defaults.get, _SETTINGS))
 
 
 class ActiveSGD(_ActiveOptimizer, SGD):
     __doc__ = (
         r"""SGD with (Nesterov) momentum whose step is scaled per element by ActiveLR's g.
 
-    torch's SGD step, unchanged, then ``p := p_old + g (p_sgd - p_old)``: with
-    momentum this is the authors' ``p -= lr * g * buf`` (``buf`` including the
-    coupled weight decay). See :class:`ActiveLR` for the rule and the state: the
-    optimizer's own handle, ``optimizer.active_lr``, joined in ``__init__`` (and again in a
-    copy or an unpickled one).
+    torch's SGD step, then ``p := p_old + g (p_sgd - p_old)``: with momentum, the authors'
+    ``p -= lr * g * buf`` (``buf`` including the coupled weight decay).
 
     Args:
         params, lr (default 1e-3), momentum, dampening, weight_decay, nesterov,
         maximize, foreach, fused: as :class:`torch.optim.SGD`.
 """
         + _ARGS_DOC
-        + """
-    Example:
-        >>> model = torch.nn.Linear(4, 1)
-        >>> optimizer = ActiveSGD(model.parameters(), lr=0.1, momentum=0.9, steps_per_epoch=10)
-        >>> for _ in range(20):
-        ...     optimizer.zero_grad()
-        ...     model(torch.randn(8, 4)).square().mean().backward()
-        ...     optimizer.step()
-        >>> optimizer.param_groups[0]["epoch"]
-        2
-    """
     )
 
     def __init__(
@@ -665,35 +519,17 @@ class ActiveSGD(_ActiveOptimizer, SGD):
         min_multiplier: float | None = None,
     ) -> None:
         super().__init__(
-            params,
-            lr,
-            momentum,
-            dampening,
-            weight_decay,
-            nesterov,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
+            params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize, foreach=foreach, fused=fused
         )
-        self.active_lr = ActiveLR(
-            self,
-            steps_per_epoch=steps_per_epoch,
-            lr_high=lr_high,
-            lr_low=lr_low,
-            max_multiplier=max_multiplier,
-            min_multiplier=min_multiplier,
-        )
+        self._join(steps_per_epoch, lr_high, lr_low, max_multiplier, min_multiplier)
 
 
 class ActiveAdamW(_ActiveOptimizer, AdamW):
     __doc__ = (
         r"""AdamW whose step, decoupled weight decay included, is scaled per element by ActiveLR's g.
 
-    torch's AdamW step, unchanged, then ``p := p_old + g (p_adamw - p_old)``, i.e.
-    ``p -= lr * g * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``. See
-    :class:`ActiveLR` for the rule and the state: the optimizer's own handle,
-    ``optimizer.active_lr``, joined in ``__init__`` (and again in a copy or an
-    unpickled one).
+    torch's AdamW step, then ``p := p_old + g (p_adamw - p_old)``, i.e.
+    ``p -= lr * g * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``.
 
     Args:
         params, lr (default 1e-3), betas, eps, weight_decay (default 1e-2), amsgrad,
@@ -701,19 +537,6 @@ class ActiveAdamW(_ActiveOptimizer, AdamW):
 """
         + _DECAY_DOC
         + _ARGS_DOC
-        + """
-    Example:
-        >>> model = torch.nn.Linear(4, 1)
-        >>> optimizer = ActiveAdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-        >>> for epoch in range(2):
-        ...     for _ in range(5):
-        ...         optimizer.zero_grad()
-        ...         model(torch.randn(8, 4)).square().mean().backward()
-        ...         optimizer.step()
-        ...     ended = optimizer.end_epoch()
-        >>> optimizer.param_groups[0]["epoch"]
-        2
-    """
     )
 
     def __init__(
@@ -736,42 +559,20 @@ class ActiveAdamW(_ActiveOptimizer, AdamW):
         scale_weight_decay: bool = True,
     ) -> None:
         check_bool("scale_weight_decay", scale_weight_decay)  # the handle reads None as: no such group key
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
-        )
-        self.active_lr = ActiveLR(
-            self,
-            steps_per_epoch=steps_per_epoch,
-            lr_high=lr_high,
-            lr_low=lr_low,
-            max_multiplier=max_multiplier,
-            min_multiplier=min_multiplier,
-            scale_weight_decay=scale_weight_decay,
-        )
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, fused=fused)
+        self._join(steps_per_epoch, lr_high, lr_low, max_multiplier, min_multiplier, scale_weight_decay)
 
 
 class ActiveRAdam(_ActiveOptimizer, RAdam):
     __doc__ = (
         r"""RAdam whose step is scaled per element by ActiveLR's g.
 
-    torch's RAdam step, unchanged (with this step's moments, not the previous
-    step's as in the authors' file), then ``p := p_old + g (p_radam - p_old)``.
-    See :class:`ActiveLR` for the rule and the state: the optimizer's own handle,
-    ``optimizer.active_lr``, joined in ``__init__`` (and again in a copy or an
-    unpickled one).
+    torch's RAdam step (with this step's moments, not the previous step's as in the authors'
+    file), then ``p := p_old + g (p_radam - p_old)``.
 
     Args:
-        params, lr (default 1e-3), betas, eps, weight_decay (default 0),
-        decoupled_weight_decay (default False), maximize, foreach: as
-        :class:`torch.optim.RAdam`.
+        params, lr (default 1e-3), betas, eps, weight_decay (default 0), decoupled_weight_decay
+        (default False), maximize, foreach: as :class:`torch.optim.RAdam`.
 """
         + _DECAY_DOC
         + _ARGS_DOC
@@ -797,38 +598,18 @@ class ActiveRAdam(_ActiveOptimizer, RAdam):
     ) -> None:
         check_bool("scale_weight_decay", scale_weight_decay)  # the handle reads None as: no such group key
         super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            decoupled_weight_decay,
-            maximize=maximize,
-            foreach=foreach,
+            params, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize=maximize, foreach=foreach
         )
-        self.active_lr = ActiveLR(
-            self,
-            steps_per_epoch=steps_per_epoch,
-            lr_high=lr_high,
-            lr_low=lr_low,
-            max_multiplier=max_multiplier,
-            min_multiplier=min_multiplier,
-            scale_weight_decay=scale_weight_decay,
-        )
+        self._join(steps_per_epoch, lr_high, lr_low, max_multiplier, min_multiplier, scale_weight_decay)
 
 
 class ActiveAdaBelief(_ActiveOptimizer, AdaBelief):
     __doc__ = (
-        r"""AdaBelief (:class:`autodrop.optim.adabelief.AdaBelief`) whose step is scaled per element by ActiveLR's g.
-
-    See :class:`ActiveLR` for the rule and the state: the optimizer's own handle,
-    ``optimizer.active_lr``, joined in ``__init__`` (and again in a copy or an
-    unpickled one).
+        r"""AdaBelief (:mod:`autodrop.optim.adabelief`) whose step is scaled per element by ActiveLR's g.
 
     Args:
-        params, lr (default 1e-3), betas, eps (default 1e-16), weight_decay
-        (default 0), decoupled_weight_decay (default True), maximize: as
-        :class:`autodrop.optim.adabelief.AdaBelief`.
+        params, lr (default 1e-3), betas, eps (default 1e-16), weight_decay (default 0),
+        decoupled_weight_decay (default True), maximize: as :class:`autodrop.optim.adabelief.AdaBelief`.
 """
         + _DECAY_DOC
         + _ARGS_DOC
@@ -852,52 +633,17 @@ class ActiveAdaBelief(_ActiveOptimizer, AdaBelief):
         scale_weight_decay: bool = True,
     ) -> None:
         check_bool("scale_weight_decay", scale_weight_decay)  # the handle reads None as: no such group key
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            decoupled_weight_decay,
-            maximize=maximize,
-        )
-        self.active_lr = ActiveLR(
-            self,
-            steps_per_epoch=steps_per_epoch,
-            lr_high=lr_high,
-            lr_low=lr_low,
-            max_multiplier=max_multiplier,
-            min_multiplier=min_multiplier,
-            scale_weight_decay=scale_weight_decay,
-        )
-
-
-def _sgd_state(group: dict[str, Any]) -> set[str]:
-    return {"momentum_buffer"} if group["momentum"] != 0 else set()
-
-
-def _adam_state(group: dict[str, Any]) -> set[str]:
-    return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
-
-
-def _radam_state(group: dict[str, Any]) -> set[str]:
-    return {"step", "exp_avg", "exp_avg_sq"}
-
-
-def _adabelief_state(group: dict[str, Any]) -> set[str]:
-    return {"step", "exp_avg", "exp_avg_var"}
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize=maximize)
+        self._join(steps_per_epoch, lr_high, lr_low, max_multiplier, min_multiplier, scale_weight_decay)
 
 
 # The per-parameter state a known base's step needs once it has stepped, by the optimizer's exact class
 # (a subclass may keep other state); other bases are not checked.
 _BASE_STATE = {
-    SGD: _sgd_state,
-    ActiveSGD: _sgd_state,
-    Adam: _adam_state,
-    AdamW: _adam_state,
-    ActiveAdamW: _adam_state,
-    RAdam: _radam_state,
-    ActiveRAdam: _radam_state,
-    AdaBelief: _adabelief_state,
-    ActiveAdaBelief: _adabelief_state,
+    SGD: lambda group: {"momentum_buffer"} if group["momentum"] != 0 else set(),
+    Adam: lambda group: {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set()),
+    RAdam: lambda group: {"step", "exp_avg", "exp_avg_sq"},
+    AdaBelief: lambda group: {"step", "exp_avg", "exp_avg_var"},
 }
+_BASE_STATE[AdamW] = _BASE_STATE[Adam]
+_BASE_STATE |= {cls: _BASE_STATE[cls.__bases__[1]] for cls in (ActiveSGD, ActiveAdamW, ActiveRAdam, ActiveAdaBelief)}
