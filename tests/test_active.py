@@ -1,5 +1,8 @@
 import copy
 import io
+import math
+import pickle
+import re
 import warnings
 
 import numpy as np
@@ -166,7 +169,8 @@ def test_multiplier_update_matches_numpy(rule):
 
 @pytest.mark.parametrize("cls", [ActiveAdamW, ActiveAdaBelief])
 @pytest.mark.parametrize("scale_weight_decay", [True, False])
-def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, scale_weight_decay):
+@pytest.mark.parametrize("closure", [False, True], ids=["grads", "closure"])
+def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, scale_weight_decay, closure):
     model = make_model(dtype=torch.float64)
     lr, decay = 1e-2, 0.3
     optimizer = cls(
@@ -186,7 +190,12 @@ def test_decoupled_decay_is_scaled_by_the_multiplier_unless_asked_not_to(cls, sc
     for group in base.param_groups:
         group["weight_decay"] = 0.0
     before = [p.detach().clone() for p in model.parameters()]
-    train_step(model, optimizer, batches[7])
+    if closure:  # the gradients are made inside step(): none exist when it begins
+        x, y = batches[7]
+        optimizer.zero_grad()
+        optimizer.step(lambda: F.cross_entropy(model(x), y).backward())
+    else:
+        train_step(model, optimizer, batches[7])
     train_step(base_model, base, batches[7])
     for p, q, old, g in zip(model.parameters(), base_model.parameters(), before, multipliers, strict=True):
         step = q.detach() - old
@@ -404,19 +413,31 @@ def test_presets_and_defaults():
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda p: ActiveSGD(p, steps_per_epoch=0), ValueError, r"steps_per_epoch must be an int >= 1, got 0"),
+        (
+            lambda p: ActiveSGD(p, steps_per_epoch=0),
+            ValueError,
+            r"steps_per_epoch must be an int in \[1, 9223372036854775807\], got 0",
+        ),
         (lambda p: ActiveSGD(p, steps_per_epoch=2.5), TypeError, r"steps_per_epoch must be an int"),
-        (lambda p: ActiveSGD(p, lr_high=-1.0), ValueError, r"lr_high must be >= 0, got -1.0"),
-        (lambda p: ActiveSGD(p, lr_low=0.0), ValueError, r"lr_low must be in \(0, 1\], got 0.0"),
-        (lambda p: ActiveAdamW(p, lr_low=1.5), ValueError, r"lr_low must be in \(0, 1\], got 1.5"),
-        (lambda p: ActiveRAdam(p, max_multiplier=0.5), ValueError, r"max_multiplier must be >= 1 or None"),
-        (lambda p: ActiveAdaBelief(p, min_multiplier=2.0), ValueError, r"min_multiplier must be in \(0, 1\]"),
+        (lambda p: ActiveSGD(p, lr_high=-1.0), ValueError, r"lr_high must be a real number in \[0, inf\), got -1.0"),
+        (lambda p: ActiveSGD(p, lr_low=0.0), ValueError, r"lr_low must be a real number in \(0, 1\], got 0.0"),
+        (lambda p: ActiveAdamW(p, lr_low=1.5), ValueError, r"lr_low must be a real number in \(0, 1\], got 1.5"),
+        (
+            lambda p: ActiveRAdam(p, max_multiplier=0.5),
+            ValueError,
+            r"max_multiplier must be None or a real number in \[1, inf\), got 0.5",
+        ),
+        (
+            lambda p: ActiveAdaBelief(p, min_multiplier=2.0),
+            ValueError,
+            r"min_multiplier must be None or a real number in \(0, 1\], got 2.0",
+        ),
         (lambda p: ActiveAdamW(p, scale_weight_decay=1), TypeError, r"scale_weight_decay must be a bool"),
         (lambda p: ActiveRAdam(p, weight_decay=0.1, scale_weight_decay=False), ValueError, r"needs decoupled"),
         (
             lambda p: ActiveSGD([{"params": p[:2]}, {"params": p[2:], "lr_low": 2.0}], lr=0.1),
             ValueError,
-            r"lr_low of param group 1 must be in \(0, 1\], got 2.0",
+            r"lr_low of param group 1 must be a real number in \(0, 1\], got 2.0",
         ),
     ],
 )
@@ -475,10 +496,29 @@ def corrupt(state, group=None, param=None, **changes):
 @pytest.mark.parametrize(
     "change, error, match",
     [
-        (dict(group=0, lr_low=2.0), ValueError, r"lr_low of saved param group 0 must be in \(0, 1\], got 2.0"),
+        (
+            dict(group=0, lr_low=2.0),
+            ValueError,
+            r"lr_low of saved param group 0 must be a real number in \(0, 1\], got 2.0",
+        ),
         (dict(group=0, epoch=KeyError), KeyError, r"param_groups'\]\[0\] lacks \['epoch'\]"),
-        (dict(group=0, epoch_steps=-1), ValueError, r"epoch_steps'\] must be an int >= 0, got -1"),
-        (dict(group=0, lr=float("nan")), ValueError, r"\['lr'\] must be >= 0, got nan"),
+        (
+            dict(group=0, epoch_steps=-1),
+            ValueError,
+            r"epoch_steps'\] must be an int in \[0, 9223372036854775807\], got -1",
+        ),
+        (
+            dict(group=0, steps_per_epoch=10**400),
+            ValueError,
+            r"steps_per_epoch of saved param group 0 must be an int in \[1, 9223372036854775807\]",
+        ),
+        (
+            dict(group=0, max_multiplier=1e308),
+            ValueError,
+            r"max_multiplier of saved param group 0 must be None or a real number in \[1, 3.40282\d*e\+38\] "
+            r".*torch.float32.* got 1e\+308",
+        ),
+        (dict(group=0, lr=float("nan")), ValueError, r"\['lr'\] must be a real number in \[0, inf\), got nan"),
         (
             dict(param=0, multiplier=torch.ones(3)),
             ValueError,
@@ -489,7 +529,7 @@ def corrupt(state, group=None, param=None, **changes):
         (dict(param=1, multiplier=torch.zeros(8)), ValueError, r"must be > 0 everywhere"),
         (dict(param=2, grad_sign=KeyError), KeyError, r"lacks \['grad_sign'\] \(the rule's state is all or nothing\)"),
         (dict(param=0, exp_avg=torch.zeros(2)), ValueError, r"\['exp_avg'\] has shape \(2,\)"),
-        (dict(param=0, step=torch.tensor(-1.0)), ValueError, r"\['step'\] must be a whole number >= 0"),
+        (dict(param=0, step=torch.tensor(-1.0)), ValueError, r"\['step'\] must be a whole number in \[0, inf\)"),
         (dict(param=0, step="3"), TypeError, r"\['step'\] must be a step count"),
     ],
 )
@@ -623,18 +663,14 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-class ActiveLion(ActiveLR, Lion):
-    def __init__(self, params, lr=1e-4, **rule):
-        settings = {"steps_per_epoch": None, "lr_high": 2.0, "lr_low": 0.5, "max_multiplier": None,
-                    "min_multiplier": None, **rule}  # fmt: skip
-        super().__init__(params, lr, **settings)
+class CountedLion(Lion):
+    """Lion that counts its constructor's runs."""
 
+    runs = 0
 
-class ActiveAdam(ActiveLR, torch.optim.Adam):
-    def __init__(self, params, lr=1e-3, **rule):
-        settings = {"steps_per_epoch": None, "lr_high": 2.0, "lr_low": 0.5, "max_multiplier": None,
-                    "min_multiplier": None, **rule}  # fmt: skip
-        super().__init__(params, lr, **settings)
+    def __init__(self, *args, **kwargs):
+        type(self).runs += 1
+        super().__init__(*args, **kwargs)
 
 
 def run(make, steps=12):
@@ -650,32 +686,230 @@ def run(make, steps=12):
     return [p.detach().clone() for p in model.parameters()], optimizer
 
 
-@pytest.mark.parametrize("active, base", [(ActiveLion, Lion), (ActiveAdam, torch.optim.Adam)])
-def test_the_rule_works_on_optimizers_this_package_does_not_wrap(active, base):
+@pytest.mark.parametrize("base", [Lion, torch.optim.Adam])
+def test_the_rule_works_on_optimizers_this_package_does_not_wrap(base):
     plain, _ = run(lambda params: base(params, lr=1e-2))
-    neutral, _ = run(lambda params: active(params, lr=1e-2, lr_high=0.0, lr_low=1.0, steps_per_epoch=3))
+    neutral, _ = run(
+        lambda params: ActiveLR(base(params, lr=1e-2), lr_high=0.0, lr_low=1.0, steps_per_epoch=3).optimizer
+    )
     assert all(torch.equal(a, b) for a, b in zip(plain, neutral))  # g stays 1: bit for bit the base
-    scaled, optimizer = run(lambda params: active(params, lr=1e-2, steps_per_epoch=3))
+    scaled, optimizer = run(lambda params: ActiveLR(base(params, lr=1e-2), steps_per_epoch=3).optimizer)
+    assert type(optimizer) is base
     assert optimizer.param_groups[0]["epoch"] == 4 and not all(torch.equal(a, b) for a, b in zip(plain, scaled))
     multipliers = torch.cat([optimizer.state[p]["multiplier"].reshape(-1) for p in optimizer.param_groups[0]["params"]])
     assert bool((multipliers != 1).any())
-    copied = copy.deepcopy(optimizer)  # a copy keeps the rule: torch does not copy hooks, the class registers them
-    assert len(copied._optimizer_step_pre_hooks) == len(optimizer._optimizer_step_pre_hooks) == 1
 
 
 def test_active_lr_joins_an_optimizer_that_already_exists():
     plain, _ = run(lambda params: torch.optim.Adam(params, lr=1e-2))
-    neutral, _ = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), lr_high=0.0, lr_low=1.0))
+    neutral, _ = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), lr_high=0.0, lr_low=1.0).optimizer)
     assert all(torch.equal(a, b) for a, b in zip(plain, neutral))
-    scaled, optimizer = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), steps_per_epoch=3))
-    assert isinstance(optimizer, ActiveLR) and isinstance(optimizer, torch.optim.Adam)
+    scaled, optimizer = run(lambda params: ActiveLR(torch.optim.Adam(params, lr=1e-2), steps_per_epoch=3).optimizer)
+    assert type(optimizer) is torch.optim.Adam
     assert optimizer.param_groups[0]["epoch"] == 4 and optimizer.param_groups[0]["lr_high"] == 2.0
     assert not all(torch.equal(a, b) for a, b in zip(plain, scaled))
-    with pytest.raises(ValueError, match="has the ActiveLR rule already"):
-        ActiveLR(optimizer, steps_per_epoch=3)
-    assert len(optimizer._optimizer_step_pre_hooks) == 1
-    restored = ActiveLR(torch.optim.Adam(make_model().parameters(), lr=1e-2), steps_per_epoch=3)
+    restored = ActiveLR(torch.optim.Adam(make_model().parameters(), lr=1e-2), steps_per_epoch=3).optimizer
     restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     assert states_equal(restored.state_dict(), optimizer.state_dict())
-    with pytest.raises(TypeError, match="takes only the rule's arguments"):
-        ActiveLR(torch.optim.Adam(make_model().parameters()), lr=0.1)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, got generator"):
+        ActiveLR(make_model().parameters())
+
+
+def test_joining_twice_is_refused_and_the_optimizers_constructor_runs_once():
+    CountedLion.runs = 0
+    lion = CountedLion(make_model().parameters(), lr=1e-2)
+    active = ActiveLR(lion, steps_per_epoch=3)
+    assert CountedLion.runs == 1 and type(lion) is CountedLion and active.optimizer is lion
+    with pytest.raises(ValueError, match="this CountedLion has an ActiveLR already"):
+        ActiveLR(lion, lr_high=0.2)
+    assert len(lion._optimizer_step_pre_hooks) == len(lion._optimizer_step_post_hooks) == 1
+    copied = pickle.loads(pickle.dumps(lion))  # the copy has no hooks: it may be joined
+    ActiveLR(copied, steps_per_epoch=3)
+    assert CountedLion.runs == 1
+    sgd = ActiveSGD(make_model().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="this ActiveSGD has an ActiveLR already"):
+        ActiveLR(sgd)
+    runs = []
+    original = torch.optim.AdamW.__init__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "__init__", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+        ActiveAdamW(make_model().parameters())
+    assert runs == [1]
+
+
+def train_and_copy(make, how, steps=6):
+    """A model and its joined optimizer trained ``steps`` steps, and a copy of both made ``how``."""
+    model = make_model()
+    optimizer = make(model.parameters())
+    active = optimizer.active_lr if hasattr(optimizer, "active_lr") else ActiveLR(optimizer, steps_per_epoch=4)
+    for batch in make_batches(steps):
+        train_step(model, optimizer, batch)
+    if how == "deepcopy":
+        copied_model, copied = copy.deepcopy((model, active))
+        return model, optimizer, copied_model, copied.optimizer
+    if how == "pickle":
+        copied_model, copied = pickle.loads(pickle.dumps((model, active)))
+        return model, optimizer, copied_model, copied.optimizer
+    # the optimizer alone: it carries the rule's state and settings, not the hooks; join it again
+    copied_model, copied = pickle.loads(pickle.dumps((model, optimizer)))
+    if not hasattr(copied, "active_lr"):
+        assert not copied._optimizer_step_pre_hooks
+        ActiveLR(copied)
+    return model, optimizer, copied_model, copied
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "optimizer-alone"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: torch.optim.Adam(params, lr=1e-2),
+        lambda params: CountedLion(params, lr=1e-3),
+        lambda params: ActiveAdamW(params, lr=1e-2, steps_per_epoch=4),
+        lambda params: ActiveSGD(params, lr=0.1, momentum=0.9, steps_per_epoch=4),
+    ],
+    ids=["adam", "lion", "ActiveAdamW", "ActiveSGD"],
+)
+def test_a_copied_or_pickled_joined_optimizer_continues_bit_for_bit(make, how):
+    model, optimizer, copied_model, copied = train_and_copy(make, how)
+    assert type(copied) is type(optimizer) and copied is not optimizer
+    assert len(copied._optimizer_step_pre_hooks) == len(optimizer._optimizer_step_pre_hooks) == 1
+    for batch in make_batches(14, seed=2):
+        train_step(model, optimizer, batch)
+        train_step(copied_model, copied, batch)
+    assert same_params(model, copied_model)
+    assert states_equal(copied.state_dict(), optimizer.state_dict())
+    assert optimizer.param_groups[0]["epoch"] == 5
+    assert any(not torch.equal(optimizer.state[p]["multiplier"], torch.ones_like(p)) for p in model.parameters())
+
+
+def test_remove_gives_back_the_plain_optimizer():
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    before = {"hooks": len(optimizer._optimizer_step_pre_hooks), "amp": optimizer._step_supports_amp_scaling}
+    active = ActiveLR(optimizer, steps_per_epoch=2, scale_weight_decay=False)
+    assert optimizer._step_supports_amp_scaling is False
+    batches = make_batches(9)
+    for batch in batches[:6]:
+        train_step(model, optimizer, batch)
+    assert any(not torch.equal(optimizer.state[p]["multiplier"], torch.ones_like(p)) for p in model.parameters())
+    active.remove()
+    state = optimizer.state_dict()
+    assert not any(key in group for group in state["param_groups"] for key in ("epoch", "lr_high", "epoch_steps"))
+    assert not any(key in s for s in state["state"].values() for key in STATE_KEYS)
+    assert "lr_high" not in optimizer.defaults
+    assert len(optimizer._optimizer_step_pre_hooks) == before["hooks"]
+    assert optimizer._step_supports_amp_scaling == before["amp"]
+    plain_model = make_model()
+    plain_model.load_state_dict(model.state_dict())
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=1e-2, fused=True)
+    plain.load_state_dict(copy.deepcopy(state))
+    for batch in batches[6:]:
+        train_step(model, optimizer, batch)
+        train_step(plain_model, plain, batch)
+    assert same_params(model, plain_model) and states_equal(optimizer.state_dict(), plain.state_dict())
+    with pytest.raises(RuntimeError, match="this ActiveLR was removed from its AdamW"):
+        active.end_epoch()
+    active.remove()  # twice: nothing to do
+    with pytest.raises(TypeError, match="a removed ActiveLR cannot be copied"):
+        copy.deepcopy(active)
+    again = ActiveLR(optimizer, steps_per_epoch=2)  # joins afresh
+    train_step(model, optimizer, batches[0])
+    assert again.defaults["steps_per_epoch"] == 2 and optimizer.param_groups[0]["epoch_steps"] == 1
+    with pytest.raises(TypeError, match="the rule is what makes ActiveSGD"):
+        ActiveSGD(make_model().parameters()).active_lr.remove()
+
+
+def test_groups_added_after_the_join_take_the_rule_at_the_next_step():
+    model = make_model()
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    ActiveLR(optimizer, steps_per_epoch=2, lr_high=0.5)
+    optimizer.add_param_group({"params": model[2].parameters(), "lr_low": 3.0})
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"lr_low of param group 1 must be a real number in \(0, 1\], got 3.0"):
+        train_step(model, optimizer, make_batches(1)[0])
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    optimizer.param_groups[1]["lr_low"] = 0.25
+    train_step(model, optimizer, make_batches(1)[0])
+    group = optimizer.param_groups[1]
+    assert (group["lr_high"], group["lr_low"], group["epoch_steps"], group["epoch"]) == (0.5, 0.25, 1, 0)
+    # an Active* optimizer checks a new group at once, and does not keep a refused one
+    sgd = ActiveSGD(model[0].parameters(), lr=0.1)
+    with pytest.raises(
+        ValueError, match=r"max_multiplier of param group 1 must be None or a real number in \[1, inf\), got 0.5"
+    ):
+        sgd.add_param_group({"params": model[2].parameters(), "max_multiplier": 0.5})
+    assert len(sgd.param_groups) == 1
+
+
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+@pytest.mark.parametrize(
+    "dtype, lr_high, largest, refused",
+    [
+        (torch.float32, 2.0, FLOAT32_MAX, math.nextafter(FLOAT32_MAX, math.inf)),  # + 2 vanishes in float64
+        (torch.float32, 1e38, FLOAT32_MAX - 1e38, math.nextafter(FLOAT32_MAX - 1e38, math.inf)),
+        (torch.float16, 2.0, 65502.0, 65502.5),
+    ],
+    ids=["float32", "float32-large-step", "float16"],
+)
+def test_max_multiplier_is_bounded_so_that_g_plus_lr_high_stays_finite(dtype, lr_high, largest, refused):
+    def make(max_multiplier):
+        param = torch.nn.Parameter(torch.ones(3, dtype=dtype))
+        return param, ActiveSGD([param], lr=1e-30, steps_per_epoch=1, lr_high=lr_high, max_multiplier=max_multiplier)
+
+    allowed = re.escape(
+        f"max_multiplier must be None or a real number in [1, {largest!r}] (the largest finite {dtype} less lr_high"
+    )
+    with pytest.raises(ValueError, match=allowed):
+        make(refused)
+    param, optimizer = make(largest)  # the edge: g at the bound, raised by lr_high and clamped, stays finite
+    for step in range(4):
+        param.grad = torch.ones(3, dtype=dtype)
+        optimizer.step()
+        if step == 1:
+            optimizer.state[param]["multiplier"].fill_(largest)
+    multiplier = optimizer.state[param]["multiplier"]
+    assert torch.equal(multiplier, torch.full_like(multiplier, largest)) and bool(torch.isfinite(multiplier).all())
+    fresh, target = make(largest)
+    target.load_state_dict(optimizer.state_dict())
+
+
+def test_steps_per_epoch_and_lr_high_are_bounded():
+    param = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match=r"steps_per_epoch must be an int in \[1, 9223372036854775807\], got 10{400}"):
+        ActiveSGD([param], steps_per_epoch=10**400)
+    assert ActiveSGD([param], steps_per_epoch=2**63 - 1).param_groups[0]["steps_per_epoch"] == 2**63 - 1
+    with pytest.raises(
+        ValueError, match=r"steps_per_epoch of param group 1 must be an int in \[1, 9223372036854775807\]"
+    ):
+        ActiveSGD([param]).add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "steps_per_epoch": 2**63})
+    half = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    with pytest.raises(
+        ValueError, match=r"lr_high must be a real number in \[0, 65503.0\] \(the largest finite torch.float16 less 1"
+    ):
+        ActiveLR(torch.optim.SGD([half], lr=0.1), lr_high=65503.5)
+    ActiveLR(torch.optim.SGD([half], lr=0.1), lr_high=65503.0)
+    with pytest.raises(
+        ValueError, match=r"max_multiplier of param group 1 must be None or a real number in \[1, 65502.0\]"
+    ):
+        ActiveSGD([param], max_multiplier=1e6).add_param_group({"params": [half]})
+
+
+def test_an_unbounded_multiplier_saturates_at_the_largest_finite_number():
+    param = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    optimizer = ActiveSGD([param], lr=1e-7, steps_per_epoch=1, lr_high=30000.0)
+    for _ in range(6):  # g: 1, 1, 30001, 60001, then past 65504, the largest float16
+        param.grad = torch.ones(3, dtype=torch.float16)
+        optimizer.step()
+    assert torch.equal(optimizer.state[param]["multiplier"], torch.full((3,), 65504.0, dtype=torch.float16))
+    fresh = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    ActiveSGD([fresh], lr=1e-7, steps_per_epoch=1, lr_high=30000.0).load_state_dict(optimizer.state_dict())
+    # a bound checked against float32 parameters that became float16 later still holds, at float16's largest
+    wide = torch.nn.Parameter(torch.ones(3))
+    bounded = ActiveSGD([wide], lr=1e-7, steps_per_epoch=1, lr_high=30000.0, max_multiplier=1e6)
+    wide.data = wide.data.half()
+    for _ in range(6):
+        wide.grad = torch.ones(3, dtype=torch.float16)
+        bounded.step()
+    assert torch.equal(bounded.state[wide]["multiplier"], torch.full((3,), 65504.0, dtype=torch.float16))

@@ -37,12 +37,12 @@ def _bound(text: str) -> float:
     return float(text)
 
 
-def check_real(name: str, value: Any, interval: str) -> float:
+def check_real(name: str, value: Any, interval: str, what: str = "a real number") -> float:
     """A finite real number (not a bool) in ``interval``, written as in mathematics and stated once:
     ``"(0, 1)"``, ``"[0, 180]"``, ``"(0, inf)"``, ``"[1, 2**53]"``; returns it as a float."""
     low, high = map(_bound, interval[1:-1].split(","))
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number in {interval}, got {value!r}")
+        raise TypeError(f"{name} must be {what} in {interval}, got {value!r}")
     try:
         number = float(value)
     except OverflowError:  # an int beyond float's range
@@ -50,16 +50,13 @@ def check_real(name: str, value: Any, interval: str) -> float:
     above = low < number or (interval[0] == "[" and number == low)
     below = number < high or (interval[-1] == "]" and number == high)
     if not (math.isfinite(number) and above and below):
-        raise ValueError(f"{name} must be a real number in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be {what} in {interval}, got {value!r}")
     return number
 
 
 def check_optional_real(name: str, value: Any, interval: str) -> float | None:
     """``None`` or what :func:`check_real` accepts."""
-    try:
-        return None if value is None else check_real(name, value, interval)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"{error} (or None)") from None
+    return None if value is None else check_real(name, value, interval, "None or a real number")
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:

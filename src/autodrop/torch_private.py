@@ -15,7 +15,14 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["SchedulerProtocol", "hookable_optimizer", "inner_schedulers", "opt_out_of_amp_scaling", "set_last_lr"]
+__all__ = [
+    "SchedulerProtocol",
+    "hookable_optimizer",
+    "inner_schedulers",
+    "opt_out_of_amp_scaling",
+    "restore_amp_scaling",
+    "set_last_lr",
+]
 
 
 class SchedulerProtocol:
@@ -61,7 +68,17 @@ def set_last_lr(scheduler: Any, lrs: list[float | Tensor]) -> None:
     scheduler._last_lr = lrs
 
 
-def opt_out_of_amp_scaling(optimizer: Optimizer) -> None:
-    """Tell ``torch.amp.GradScaler`` to unscale the gradients before ``optimizer.step()`` (an
-    optimizer whose class sets ``_step_supports_amp_scaling`` would be handed scaled ones)."""
+def opt_out_of_amp_scaling(optimizer: Optimizer) -> Any:
+    """Tell ``torch.amp.GradScaler`` to unscale the gradients before ``optimizer.step()`` (an optimizer
+    whose class sets ``_step_supports_amp_scaling`` would be handed scaled ones); returns what the object
+    itself held before (None: nothing), for :func:`restore_amp_scaling`."""
+    previous = optimizer.__dict__.get("_step_supports_amp_scaling")
     optimizer._step_supports_amp_scaling = False
+    return previous
+
+
+def restore_amp_scaling(optimizer: Optimizer, previous: Any) -> None:
+    """Undo :func:`opt_out_of_amp_scaling`: the class's own declaration, or ``previous``, applies again."""
+    del optimizer.__dict__["_step_supports_amp_scaling"]
+    if previous is not None:
+        optimizer._step_supports_amp_scaling = previous
