@@ -168,3 +168,34 @@ def test_real_training_converges_with_the_default_detector_and_stays_put():
     assert scheduler.converged and scheduler.num_drops == 1
     assert [r["event"] for r in scheduler.history].count("converged") == 1
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_allow_drops_continues_a_converged_run_with_the_withheld_drop_also_after_a_resume():
+    param, optimizer, scheduler, walk = planar(max_drops=1, delay=2)
+    scripted_run(scheduler.step, walk, [30.0] * 6)
+    assert scheduler.converged and optimizer.param_groups[0]["lr"] == 0.05
+    state = scheduler.state_dict()
+    del scheduler
+    resumed = AutoDrop(optimizer, detector="paper", max_drops=3)  # the checkpoint's max_drops wins, as every setting
+    resumed.load_state_dict(state)
+    assert resumed.max_drops == 1 and resumed.converged
+    with pytest.raises(ValueError, match=r"max_drops must be an int >= 2, got 1"):
+        resumed.allow_drops(1)
+    resumed.allow_drops(3)
+    assert not resumed.converged and resumed.num_drops == 2 and optimizer.param_groups[0]["lr"] == 0.025
+    assert resumed.threshold == 1.0  # the detector's next phase: theta / factor, capped at max_threshold
+    for _ in range(8):
+        walk.move(30.0)
+        resumed.step()
+    assert [event for _, event in events(resumed)][-4:] == ["trigger", "drop", "trigger", "converged"]
+    assert resumed.num_drops == 3 and resumed.converged
+
+
+def test_allow_drops_refuses_a_run_at_its_floor_and_changes_nothing():
+    _, optimizer, scheduler, walk = planar(min_lr=0.05, delay=0)
+    scripted_run(scheduler.step, walk, [30.0] * 5)
+    assert scheduler.converged
+    before = scheduler.state_dict()
+    with pytest.raises(ValueError, match="at its floor"):
+        scheduler.allow_drops(None)
+    assert states_equal(scheduler.state_dict(), before)

@@ -80,7 +80,42 @@ def test_a_tensor_lr_drops_in_place_and_is_not_aliased_by_the_initial_lr():
     assert group["lr"] is lr and float(lr) == pytest.approx(0.05)  # the optimizer's tensor, changed in place
     assert float(group["initial_lr"]) == pytest.approx(0.1) and group["initial_lr"] is not lr
     assert scheduler.base_lrs == [pytest.approx(0.1)] and scheduler.get_last_lr() == [pytest.approx(0.05)]
+    # as torch keeps it: the tensor's own value, a copy (not a float32-rounded float)
+    assert isinstance(scheduler.base_lrs[0], torch.Tensor) and torch.equal(scheduler.base_lrs[0], torch.tensor(0.1))
     assert states_equal(reload(scheduler, optimizer).state_dict(), scheduler.state_dict())
+
+
+def test_one_autodrop_per_optimizer_and_no_shallow_copy():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    scheduler = AutoDrop(optimizer, **EAGER)
+    with pytest.raises(ValueError, match="already driven by an AutoDrop"):
+        AutoDrop(optimizer, **EAGER)
+    with pytest.raises(TypeError, match="cannot be copied shallowly"):
+        copy.copy(scheduler)
+    twin = copy.deepcopy(scheduler)  # its own optimizer, its own history
+    assert twin.optimizer is not optimizer and twin.history is not scheduler.history
+    del scheduler
+    AutoDrop(optimizer, **EAGER)  # the first is gone: a new one may drive the optimizer
+
+
+def test_step_called_before_the_optimizer_warns_as_torch_does():
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = AutoDrop(optimizer, **EAGER)
+    with pytest.warns(UserWarning, match=r"scheduler.step\(\) called before optimizer.step\(\)") as caught:
+        scheduler.step()
+    assert [w.category for w in caught] == [UserWarning]  # not a RuntimeWarning: filters written for torch match
+
+
+@pytest.mark.parametrize("scale", [1e160, 1e-300])
+def test_steps_beyond_float64_squares_are_reported_honestly(scale):
+    param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    scheduler = AutoDrop(torch.optim.SGD([param], lr=0.1), **EAGER)
+    with torch.no_grad():
+        param.add_(scale)
+    with pytest.warns((RuntimeWarning, UserWarning), match="beyond ~1e154" if scale > 1 else "did not move"):
+        scheduler.step()
+    assert scheduler.history[-1]["reason"] == ("nonfinite" if scale > 1 else "zero_step")
 
 
 def test_a_replaced_parameter_shape_is_a_clear_error_and_changes_nothing():

@@ -274,6 +274,7 @@ class TwoOptimizers(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.first, self.second = torch.nn.Linear(8, 1), torch.nn.Linear(8, 1)
+        self.stepped_in = []  # the epoch of each AutoDrop step
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -283,6 +284,7 @@ class TwoOptimizers(L.LightningModule):
             optimizer.step()
 
     def on_train_epoch_end(self):
+        self.stepped_in.append(self.current_epoch)
         for scheduler in self.lr_schedulers():
             scheduler.step()
 
@@ -291,7 +293,7 @@ class TwoOptimizers(L.LightningModule):
         return optimizers, [AutoDrop(optimizer, **SCHEDULE) for optimizer in optimizers]
 
 
-def test_two_autodrops_are_logged_each_under_its_own_prefix(tmp_path):
+def test_two_autodrops_are_logged_each_under_its_own_prefix_and_epoch(tmp_path, caplog):
     L.seed_everything(0, verbose=False)
     callback = AutoDropCallback()
     trainer = L.Trainer(
@@ -305,13 +307,19 @@ def test_two_autodrops_are_logged_each_under_its_own_prefix(tmp_path):
         log_every_n_steps=1,
         callbacks=[callback],
     )
-    trainer.fit(TwoOptimizers(), train_loader())
+    module = TwoOptimizers()
+    with caplog.at_level(logging.INFO):
+        trainer.fit(module, train_loader())
     assert callback.scheduler is None and len(callback.schedulers) == 2
     with open(trainer.logger.experiment.metrics_file_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for index, scheduler in enumerate(callback.schedulers):
-        logged = [float(row[f"autodrop/{index}/lr"]) for row in rows if row.get(f"autodrop/{index}/lr")]
-        assert logged == [r["lrs"][0] for r in scheduler.history] and len(logged) == 5
+        logged = [row for row in rows if row.get(f"autodrop/{index}/lr")]
+        assert [float(row[f"autodrop/{index}/lr"]) for row in logged] == [r["lrs"][0] for r in scheduler.history]
+        # each row in the epoch whose end stepped it (stepped by hand after the epoch's last batch)
+        assert [int(row["epoch"]) for row in logged] == module.stepped_in == [0, 1, 2, 3, 4]
+        drops = [r["interval"] for r in scheduler.history if r["event"] == "drop"]
+        assert drops and all(f"{index}: LR drop at interval {i} (epoch {i - 1})" in caplog.text for i in drops)
 
 
 def warmup_schedule(optimizer):

@@ -144,30 +144,35 @@ class AutoDropCallback(pl.Callback):
         torch.optim.swa_utils.update_bn(inputs, pl_module, device=pl_module.device)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log_new(trainer)  # steps taken after the last batch (manual scheduling at the epoch's end)
+        self._log_new(trainer, trainer.current_epoch - 1)  # steps taken after the last batch
         if self.refresh_batchnorm:
             for scheduler in self.schedulers:
                 scheduler.after_average = None  # the hook holds the trainer
 
-    # Lightning steps an epoch-interval scheduler right after the epoch's last
-    # training step, before that batch's on_train_batch_end: logging here covers
-    # "epoch" and "step" intervals alike.
+    # Lightning steps an epoch-interval scheduler right after the epoch's last training step, before that
+    # batch's on_train_batch_end: logging here covers "epoch" and "step" intervals alike. A step taken by hand
+    # in the module's on_train_epoch_end (manual optimization) is logged as that epoch's at the next epoch's
+    # start, or at the end of training.
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._log_new(trainer)
+        self._log_new(trainer, trainer.current_epoch)
 
-    def _log_new(self, trainer: pl.Trainer) -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_new(trainer, trainer.current_epoch - 1)
+
+    def _log_new(self, trainer: pl.Trainer, epoch: int) -> None:
         # _logged holds the last logged interval, not a position: max_history may drop old records
         for index, scheduler in enumerate(self.schedulers):
             history = scheduler.history
             for record in history[max(0, len(history) - (scheduler.intervals - self._logged[index])) :]:
                 metrics = {self._prefix(index) + name: value for name, value in history_scalars(record).items()}
+                metrics["epoch"] = epoch  # as Lightning's own logging adds it: CSV rows get their epoch
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)
                 if record["event"] in ("drop", "converged"):
                     what = "LR drop" if record["event"] == "drop" else "converged"
                     pl.utilities.rank_zero_info(
                         f"AutoDrop{'' if len(self.schedulers) == 1 else f' {index}'}: {what} at interval "
-                        f"{record['interval']} (epoch {trainer.current_epoch}): lr {record['lrs'][0]:.4g}"
+                        f"{record['interval']} (epoch {epoch}): lr {record['lrs'][0]:.4g}"
                     )
             self._logged[index] = scheduler.intervals
         self._stop_if_converged(trainer)
