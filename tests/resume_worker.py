@@ -33,13 +33,13 @@ def train_epoch(model, optimizer, x, y, epoch):
         optimizer.step()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--stop-after", nargs=2, metavar=("K", "CHECKPOINT"))
     parser.add_argument("--resume", metavar="CHECKPOINT")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     digits = load_digits()

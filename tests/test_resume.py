@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import resume_worker
 import torch
 
 WORKER = Path(__file__).with_name("resume_worker.py")
@@ -14,7 +15,7 @@ def run_worker(*args: str) -> None:
 
 def test_interrupted_run_resumed_in_new_process_is_bit_identical(tmp_path):
     full, first, resumed, checkpoint = (tmp_path / n for n in ("full.pt", "first.pt", "resumed.pt", "ckpt.pt"))
-    run_worker(str(full), "--epochs", str(EPOCHS))
+    resume_worker.main([str(full), "--epochs", str(EPOCHS)])  # the reference and the first part run here
     reference = torch.load(full, weights_only=True)
     drops = [r["interval"] for r in reference["history"] if r["event"] == "drop"]
     triggers = [r["interval"] for r in reference["history"] if r["event"] == "trigger"]
@@ -22,9 +23,9 @@ def test_interrupted_run_resumed_in_new_process_is_bit_identical(tmp_path):
     stop = triggers[-1] + 1  # interrupt inside a delay window: the averaging sum must survive
     assert stop < drops[-1]
 
-    run_worker(str(first), "--epochs", str(EPOCHS), "--stop-after", str(stop), str(checkpoint))
+    resume_worker.main([str(first), "--epochs", str(EPOCHS), "--stop-after", str(stop), str(checkpoint)])
     assert torch.load(first, weights_only=True)["pending"]
-    run_worker(str(resumed), "--epochs", str(EPOCHS), "--resume", str(checkpoint))
+    run_worker(str(resumed), "--epochs", str(EPOCHS), "--resume", str(checkpoint))  # in a new process
     result = torch.load(resumed, weights_only=True)
 
     assert result["lrs"] == reference["lrs"]

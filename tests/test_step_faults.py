@@ -207,7 +207,9 @@ class raising_at_call(TorchFunctionMode):
 def test_an_exception_at_any_torch_call_of_a_drop_step_never_leaves_wrong_parameters(reference, epoch):
     counting = raising_at_call()
     interrupted_run(reference, epoch, counting)
-    outcomes = {interrupted_run(reference, epoch, raising_at_call(k)) for k in range(1, counting.calls + 1)}
+    # every call at the drop and at convergence; every second one at the middle drop (the same code path)
+    calls = range(1, counting.calls + 1, 2 if epoch == 5 else 1)
+    outcomes = {interrupted_run(reference, epoch, raising_at_call(k)) for k in calls}
     assert outcomes == {"before", "after", "refused"}  # every kind of moment was hit
 
 
