@@ -145,11 +145,12 @@ def _check_param_state(where: str, state: Any, param: Tensor, needed: set[str]) 
         raise KeyError(f"{where} has {present} but lacks {absent} (the rule's state is all or nothing)")
     for key, value in state.items():
         name = f"{where}[{key!r}]"
-        if key == "step":
-            count = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
-            if isinstance(count, bool) or not isinstance(count, (int, float)):
-                raise TypeError(f"{name} must be a step count (a number or a one-element tensor), got {value!r}")
-            if not float(check_real(name, count, "[0, inf)", "a whole number")).is_integer():
+        if key == "step":  # torch's bases save it as a tensor and would turn a number into one: not exact
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                raise TypeError(
+                    f"{name} must be a step count in a one-element tensor, as torch saves it, got {value!r}"
+                )
+            if not float(check_real(name, value.item(), "[0, inf)", "a whole number")).is_integer():
                 raise ValueError(f"{name} must be a whole number in [0, inf), got {value!r}")
             continue
         if value is None and key not in _RULE_STATE:
@@ -263,7 +264,9 @@ class ActiveLR:
             keys.append(_check_active_args(where, {**self._defaults, **group}, group["params"]))
             for key in _POSITION:  # a copy of a joined optimizer keeps its position
                 keys[-1][key] = check_int(key + where, group.get(key, 0), 0, MAX_STEPS)
-            if not keys[-1].get("scale_weight_decay", True) and group.get("decoupled_weight_decay") is not True:
+            # torch's AdamW decays decoupled by definition (before torch 2.6 its groups had no such key)
+            decoupled = group.get("decoupled_weight_decay", isinstance(self.optimizer, AdamW))
+            if not keys[-1].get("scale_weight_decay", True) and decoupled is not True:
                 raise ValueError(
                     f"scale_weight_decay=False (param group {index}) needs decoupled weight decay "
                     "(decoupled_weight_decay=True): coupled (L2) decay is part of the gradient, always scaled by g"
