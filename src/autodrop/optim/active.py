@@ -145,12 +145,11 @@ def _check_param_state(where: str, state: Any, param: Tensor, needed: set[str]) 
         raise KeyError(f"{where} has {present} but lacks {absent} (the rule's state is all or nothing)")
     for key, value in state.items():
         name = f"{where}[{key!r}]"
-        if key == "step":  # torch's bases save it as a tensor and would turn a number into one: not exact
-            if not isinstance(value, Tensor) or value.numel() != 1:
-                raise TypeError(
-                    f"{name} must be a step count in a one-element tensor, as torch saves it, got {value!r}"
-                )
-            if not float(check_real(name, value.item(), "[0, inf)", "a whole number")).is_integer():
+        if key == "step":
+            count = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+            if isinstance(count, bool) or not isinstance(count, (int, float)):
+                raise TypeError(f"{name} must be a step count (a number or a one-element tensor), got {value!r}")
+            if not float(check_real(name, count, "[0, inf)", "a whole number")).is_integer():
                 raise ValueError(f"{name} must be a whole number in [0, inf), got {value!r}")
             continue
         if value is None and key not in _RULE_STATE:
