@@ -47,8 +47,7 @@ __all__ = ["AutoDrop"]
 
 SINGLE_STEP_WARNING_AFTER = 10
 """With ``interval="epoch"``, warn once when this many intervals in a row held one optimizer step each."""
-_OWNERS: weakref.WeakKeyDictionary[Optimizer, weakref.ref] = weakref.WeakKeyDictionary()
-"""The AutoDrop that drives each optimizer: a second one would drop its LRs too."""
+_OWNERS: weakref.WeakKeyDictionary[Optimizer, weakref.ref] = weakref.WeakKeyDictionary()  # one AutoDrop each
 
 
 def _before_optimizer_step(scheduler: weakref.ref, target: weakref.ref) -> Callable[..., None]:
@@ -135,7 +134,7 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
 
     All or nothing: :meth:`step` measures and decides on copies, changing nothing, then
     commits: the tensor writes (which allocate nothing) and plain assignments, with
-    signals (Ctrl-C) held until the commit ends. An exception before the commit changes
+    signals (Ctrl-C) held until the step ends. An exception before the commit changes
     nothing; a failure inside the writes (a device fault) cannot be undone, so the
     scheduler then refuses to go on (:meth:`step`, :meth:`state_dict` and the optimizer's
     step raise ``RuntimeError``) until a checkpoint is loaded. If ``after_average`` raises
@@ -262,7 +261,8 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
             raise RuntimeError("AutoDrop.step() was called from inside after_average; call it from the training loop")
         self._check_usable()
         self._run_after_average()  # one that an exception or interrupt cut short
-        with torch.inference_mode(False), torch.no_grad():
+        # signals wait for the end: Python raises them between any two bytecodes, also inside no_grad's switches
+        with deferred_signals(), torch.inference_mode(False), torch.no_grad():
             interval = self._decide()
             self._commit(interval)
         if interval.fault is not None:
@@ -283,12 +283,13 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
                 f"AutoDrop can start only before it measured an interval; it has measured {self.intervals}"
             )
         self._check_usable()
-        with torch.inference_mode(False), torch.no_grad():
+        with deferred_signals(), torch.inference_mode(False), torch.no_grad():
             trajectory = ParameterTrajectory(
                 groups.optimizer_params(self.optimizer), self.trajectory.snapshot_device, self.trajectory.process_group
             )
-        base_lrs, min_lrs = groups.group_settings(self.optimizer, self.base_lrs, self.min_lrs, self.min_lr_per_group)
-        with deferred_signals():
+            base_lrs, min_lrs = groups.group_settings(
+                self.optimizer, self.base_lrs, self.min_lrs, self.min_lr_per_group
+            )
             self.trajectory, self.omega, self.base_lrs, self.min_lrs = trajectory, None, base_lrs, min_lrs
             for group, lr in zip(self.optimizer.param_groups, base_lrs):
                 groups.set_lr(group, lr)
@@ -348,30 +349,29 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
 
     def _commit(self, interval: _Interval) -> None:
         """Install what :meth:`_decide` computed: the tensor writes, then plain assignments."""
-        with deferred_signals():
-            self._failed_write = "step() was cut short while it wrote AutoDrop's buffers"
-            interval.trajectory.commit(interval.measurement, interval.sums, interval.weight)
-            if interval.average:
-                interval.trajectory.write_params(interval.sums, self.delay * (self.delay + 1) / 2)
-            self._failed_write = None
-            self.trajectory, self.omega, self.detector = interval.trajectory, interval.omega, interval.detector
-            self.sums = None if interval.average else interval.sums
-            self.base_lrs, self.min_lrs = interval.base_lrs, interval.min_lrs
-            for group, lr in zip(self.optimizer.param_groups, interval.lrs):
-                if lr != float(group["lr"]):
-                    groups.set_lr(group, lr)
-            self.pending, self.delay_count = interval.pending, interval.delay_count
-            self.num_drops, self._converged = interval.num_drops, interval.converged
-            self.refresh_due = self.refresh_due or interval.average
-            self._step_count += 1
-            self.last_epoch += 1
-            self.intervals += 1
-            self._last_lr = groups.lrs(self.optimizer)
-            outcome = (interval.omega, interval.delta, self.detector.threshold, interval.lrs, interval.event)
-            record = make_record(self.intervals, self.optimizer_steps, *outcome, interval.fault, interval.statistics)
-            self.history.append(record)
-            if self.max_history is not None and len(self.history) > self.max_history:
-                del self.history[: len(self.history) - self.max_history]
+        self._failed_write = "step() was cut short while it wrote AutoDrop's buffers"
+        interval.trajectory.commit(interval.measurement, interval.sums, interval.weight)
+        if interval.average:
+            interval.trajectory.write_params(interval.sums, self.delay * (self.delay + 1) / 2)
+        self._failed_write = None
+        self.trajectory, self.omega, self.detector = interval.trajectory, interval.omega, interval.detector
+        self.sums = None if interval.average else interval.sums
+        self.base_lrs, self.min_lrs = interval.base_lrs, interval.min_lrs
+        for group, lr in zip(self.optimizer.param_groups, interval.lrs):
+            if lr != float(group["lr"]):
+                groups.set_lr(group, lr)
+        self.pending, self.delay_count = interval.pending, interval.delay_count
+        self.num_drops, self._converged = interval.num_drops, interval.converged
+        self.refresh_due = self.refresh_due or interval.average
+        self._step_count += 1
+        self.last_epoch += 1
+        self.intervals += 1
+        self._last_lr = groups.lrs(self.optimizer)
+        outcome = (interval.omega, interval.delta, self.detector.threshold, interval.lrs, interval.event)
+        record = make_record(self.intervals, self.optimizer_steps, *outcome, interval.fault, interval.statistics)
+        self.history.append(record)
+        if self.max_history is not None and len(self.history) > self.max_history:
+            del self.history[: len(self.history) - self.max_history]
 
     def _check_usable(self) -> None:
         if self._failed_write is not None:
@@ -383,8 +383,8 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
     def _run_after_average(self) -> None:
         """Run ``after_average`` if the parameters were averaged since it last completed."""
         if self.refresh_due and self.after_average is not None:
-            self._in_after_average = True
             try:
+                self._in_after_average = True
                 self.after_average()
             finally:
                 self._in_after_average = False
