@@ -18,10 +18,6 @@ group rank 0, a DTensor only where its mesh coordinate is 0 along every
 the reduced sums are the single-process sums up to the order of additions and,
 under DDP, exactly rank 0's sums on every rank: all ranks take the same decision
 by construction.
-
-Snapshots, steps and the averaging sum are kept for the local tensors only, so
-their memory per rank falls with the number of shards, and averaging writes
-back into the local shards (``to_local()`` of a sharded DTensor is a view of it).
 """
 
 from __future__ import annotations
@@ -70,35 +66,26 @@ def local_tensor(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
-def _default_group(process_group: Any) -> Any:
-    if process_group is not None:
-        if dist is None or not dist.is_initialized():
-            raise ValueError(f"process_group={process_group!r} was given but torch.distributed is not initialized")
-        if not isinstance(process_group, dist.ProcessGroup):
-            raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, got {process_group!r}")
-        return process_group
-    if dist is not None and dist.is_initialized():
-        return dist.group.WORLD
-    return None
-
-
 class ReplicaCounting:
     """Decides, per parameter, whether this rank counts it, and reduces the partial sums.
 
-    Args:
-        params: the parameters (plain tensors or DTensors), in trajectory order.
-        process_group: the group the partial sums are added over; ``None`` = the
-            default group when torch.distributed is initialized, else no
-            reduction (a single process). Every DTensor's device mesh must span
-            exactly the ranks of this group.
-
-    Attributes:
-        counted: one bool per parameter: does this rank's local tensor enter the sum.
-        group: the process group, or ``None`` for a single process.
+    ``process_group`` is the group the partial sums are added over (``None``: the default
+    group when torch.distributed is initialized, else none); every DTensor's device
+    mesh must span exactly its ranks. ``counted`` holds one bool per parameter: does
+    this rank's local tensor enter the sum; ``group`` is ``None`` for a single process.
     """
 
     def __init__(self, params: Sequence[Tensor], process_group: Any = None) -> None:
-        self.group = _default_group(process_group)
+        if process_group is not None:
+            if dist is None or not dist.is_initialized():
+                raise ValueError(f"process_group={process_group!r} was given but torch.distributed is not initialized")
+            if not isinstance(process_group, dist.ProcessGroup):
+                raise TypeError(
+                    f"process_group must be a torch.distributed.ProcessGroup or None, got {process_group!r}"
+                )
+        elif dist is not None and dist.is_initialized():
+            process_group = dist.group.WORLD
+        self.group = process_group
         if self.group is None:
             if any(is_dtensor(p) for p in params):
                 raise ValueError("DTensor parameters need an initialized torch.distributed process group")
@@ -136,15 +123,10 @@ class ReplicaCounting:
         """Sum ``totals`` (this rank's counted partial sums) over the group; one collective."""
         if self.group is None or self.world_size == 1:
             return totals
-        device = self._collective_device(totals.device)
-        reduced = totals.to(device)
-        dist.all_reduce(reduced, op=dist.ReduceOp.SUM, group=self.group)
-        return reduced
-
-    def _collective_device(self, device: torch.device) -> torch.device:
         # An NCCL-only group cannot reduce a CPU tensor (buffers offloaded with
         # snapshot_device="cpu"); every other backend in use reduces in place.
         backend = str(dist.get_backend(self.group)).lower()
-        if device.type == "cpu" and "nccl" in backend and "cpu" not in backend and "gloo" not in backend:
-            return torch.device("cuda", torch.cuda.current_device())
-        return device
+        if totals.device.type == "cpu" and "nccl" in backend and "cpu" not in backend and "gloo" not in backend:
+            totals = totals.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM, group=self.group)
+        return totals

@@ -42,6 +42,7 @@ __all__ = [
 RECORD_KEYS = ("interval", "step", "omega", "delta", "threshold", "lrs", "event", "reason")
 EVENTS = (None, "trigger", "drop", "converged", "skipped")
 REASONS = (NONFINITE, ZERO_STEP)
+CSV_COLUMNS = ("interval", "step", "omega", "delta", "threshold", "event", "reason")
 
 
 def make_record(
@@ -56,7 +57,7 @@ def make_record(
     statistics: Mapping[str, Any],
 ) -> dict[str, Any]:
     """One history record (``statistics``: the detector's, whose keys must not be record keys)."""
-    record = {
+    return {
         "interval": interval,
         "step": step,
         "omega": omega,
@@ -65,8 +66,8 @@ def make_record(
         "lrs": list(lrs),
         "event": event,
         "reason": reason,
+        **statistics,
     }
-    return {**record, **statistics}
 
 
 def check_history(name: str, history: Any, statistics: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -110,16 +111,14 @@ def history_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     scalars["threshold"] = float(record["threshold"])
     for group, lr in enumerate(record["lrs"]):
         scalars["lr" if group == 0 else f"lr_group{group}"] = float(lr)
-    scalars["trigger"] = float(record["event"] == "trigger")
-    scalars["drop"] = float(record["event"] == "drop")
-    scalars["converged"] = float(record["event"] == "converged")
+    for event in ("trigger", "drop", "converged"):
+        scalars[event] = float(record["event"] == event)
     scalars.update({key: float(value) for key, value in record.items() if key not in RECORD_KEYS and value is not None})
     return scalars
 
 
 def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write one CSV row per record: interval, step, omega, delta, threshold, event, reason, lr, lr_group1,
-    ..., then the detector's statistics.
+    """Write one CSV row per record: :data:`CSV_COLUMNS`, lr, lr_group1, ..., then the detector's statistics.
 
     Undefined values (omega, delta early on, no event) are empty cells; floats are
     written with ``repr`` so they read back exactly. Parent folders are created.
@@ -133,24 +132,11 @@ def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["interval", "step", "omega", "delta", "threshold", "event", "reason", *lr_columns, *extra])
+        writer.writerow([*CSV_COLUMNS, *lr_columns, *extra])
         for record in history:
-            cells = [
-                record["interval"],
-                record["step"],
-                record["omega"],
-                record["delta"],
-                record["threshold"],
-                record["event"],
-                record["reason"],
-            ]
             lrs = list(record["lrs"]) + [""] * (num_groups - len(record["lrs"]))
-            statistics = [record.get(key) for key in extra]
-            writer.writerow(
-                ["" if cell is None else cell for cell in cells]
-                + lrs
-                + ["" if cell is None else cell for cell in statistics]
-            )
+            cells = [record[key] for key in CSV_COLUMNS] + lrs + [record.get(key) for key in extra]
+            writer.writerow(["" if cell is None else cell for cell in cells])
     return path
 
 

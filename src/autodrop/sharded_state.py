@@ -9,9 +9,10 @@ keeps one copy, which is right for DDP and wrong for shards.
 :class:`ShardedState` gives DCP the buffers the way it understands them: one
 tensor per parameter, a DTensor with the parameter's own device mesh, placements
 and global shape when the parameter is a DTensor (DCP stores each shard once and
-can reshard on load), the plain local tensor otherwise (a replica). Everything
-else (counters, thresholds, history) travels as one opaque blob, so a fresh
-scheduler's state is a valid template for ``dcp.load`` whatever was recorded.
+can reshard on load), the plain local tensor otherwise (a replica). The averaging
+sum is always saved (zeros outside a delay window), and everything else (counters,
+thresholds, history) travels as one opaque blob, so a fresh scheduler's state is a
+valid template for ``dcp.load`` whatever was recorded.
 """
 
 from __future__ import annotations
@@ -33,15 +34,8 @@ _BUFFERS = (("snapshot", "snapshots"), ("step", "steps"))
 
 
 class ShardedState:
-    """A DCP ``Stateful`` view of an :class:`AutoDrop` or :class:`AngularVelocity`.
-
-    Put it in the dict given to ``torch.distributed.checkpoint.save`` and
-    ``load``; DCP calls :meth:`state_dict` (and on load :meth:`load_state_dict`)
-    on every rank. The averaging sum is always saved (zeros outside a delay
-    window) so that any scheduler's state is a complete template.
-
-    Args:
-        owner: the scheduler or angular-velocity meter to checkpoint.
+    """A DCP ``Stateful`` view of ``owner``, an :class:`AutoDrop` or :class:`AngularVelocity`, for the dict
+    given to ``torch.distributed.checkpoint.save`` and ``load``.
 
     Example (every rank)::
 

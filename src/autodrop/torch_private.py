@@ -41,10 +41,7 @@ class SchedulerProtocol:
         self.count_initial_step()
 
     def _update_lr(self, epoch: int | None = None) -> None:
-        if epoch is None:
-            self.step()
-        else:
-            self.step(epoch)
+        self.step(epoch)
 
 
 def hookable_optimizer(optimizer: Optimizer) -> Optimizer | None:

@@ -1,12 +1,9 @@
 """The parameter trajectory: the last snapshot, the last step, and the inner products of steps.
 
-Once per measurement interval i AutoDrop needs the step of the full parameter
-vector and three sums over all parameters at once: ``<s_i, s_{i-1}>``,
-``|s_i|^2`` and ``|s_{i-1}|^2``. Two parameter-sized buffers hold what that
-needs, the snapshot ``x_{i-1}`` and the previous step. The step is kept negated,
-``d_i = x_{i-1} - x_i = -s_i`` (snapshot minus parameters, in the order they are
-held); ``<d_i, d_{i-1}> = <s_i, s_{i-1}>`` and ``|d_i| = |s_i|``, so nothing
-downstream sees the sign.
+Once per measurement interval i AutoDrop needs three sums over all parameters at
+once: ``<s_i, s_{i-1}>``, ``|s_i|^2`` and ``|s_{i-1}|^2``. Two parameter-sized
+buffers hold what that needs, the snapshot ``x_{i-1}`` and the previous step, kept
+negated: ``d_i = x_{i-1} - x_i = -s_i`` has the same inner products and norms.
 
 Layout: parameters are grouped into buckets by (device, dtype, counted). A
 bucket's two flat buffers hold its parameters' elements in order, in
@@ -21,7 +18,7 @@ A step is two passes, and nothing is written before the host has seen its sums:
 1. :meth:`ParameterTrajectory.measure` reads only: per chunk it forms
    ``d = snapshot - x_i`` in a chunk-sized work tensor and takes ``<d, d_{i-1}>``
    and ``|d|^2`` with float64 products; the chunks' partial sums go to the host
-   once and are added exactly (``math.fsum``).
+   once per device (the only synchronisation) and are added exactly (``math.fsum``).
 2. :meth:`ParameterTrajectory.commit`, for a finite nonzero step only, writes
    piece by piece ``previous := snapshot - x_i`` (the same subtraction of the
    same values as in the first pass: the same bits) and ``snapshot := x_i``. It
@@ -39,17 +36,16 @@ steps whose elements' squares are normal float64 numbers, about
 ``1e-154 < |d_j| < 1e154`` (steps of 1e-40 or 1e20 are measured); a larger step
 is reported as ``"nonfinite"``, a step of smaller elements as ``"zero_step"``.
 
-Under torch.distributed the buckets hold each rank's local tensors (the
-``to_local()`` shard of a DTensor); the counted buckets' partial sums are added
-in float64 on the device and over the process group in one ``all_reduce`` (see
-:mod:`autodrop.distributed` for which rank counts which tensor).
+Under torch.distributed the buckets hold each rank's local tensors (``to_local()``
+of a DTensor, a view of it that write_params writes into); the counted buckets'
+partial sums are added in float64 on the device and over the process group in one
+``all_reduce`` (see :mod:`autodrop.distributed` for which rank counts which tensor).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,13 +69,8 @@ MEASURABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64
 
 @dataclass(frozen=True)
 class StepStatistics:
-    """Sums for one step ``s_i`` over all parameters.
-
-    ``dot`` is ``<s_i, s_{i-1}>`` and ``previous_norm_sq`` is ``|s_{i-1}|^2``;
-    both are ``None`` for the first step, which has no predecessor. ``fault`` is
-    ``"nonfinite"`` (a NaN/Inf in the step) or ``"zero_step"`` (nothing moved):
-    such a step is not committed.
-    """
+    """Sums for one step ``s_i``: ``dot`` = ``<s_i, s_{i-1}>`` and ``previous_norm_sq`` = ``|s_{i-1}|^2``
+    (both ``None`` for the first step); ``fault``: ``"nonfinite"``, ``"zero_step"`` or ``None``."""
 
     norm_sq: float
     dot: float | None
@@ -124,8 +115,7 @@ def _check_params(params: Iterable[Tensor]) -> list[Tensor]:
 
 
 class _Bucket:
-    """Parameters of one (device, dtype, counted) and their two flat buffers (local shards):
-    ``snapshot`` = ``x_{i-1}``, ``previous`` = ``d_{i-1}``, elements in parameter order."""
+    """Parameters of one (device, dtype, counted); ``snapshot`` = ``x_{i-1}``, ``previous`` = ``d_{i-1}``."""
 
     def __init__(self, params: list[Tensor], device: torch.device, counted: bool) -> None:
         self.params = params
@@ -135,7 +125,8 @@ class _Bucket:
         self.full_shapes = [list(p.shape) for p in params]  # of a DTensor: its global shape
         self.param_dtype = local[0].dtype
         self.dtype = torch.promote_types(self.param_dtype, torch.float32)
-        self.numel = sum(shape.numel() for shape in self.shapes)
+        self.numels = [shape.numel() for shape in self.shapes]
+        self.numel = sum(self.numels)
         self.snapshot = torch.empty(self.numel, dtype=self.dtype, device=device)
         self.previous = torch.zeros(self.numel, dtype=self.dtype, device=device)
         self.chunk_size = REDUCTION_CHUNK if device.type != "cpu" else CPU_REDUCTION_CHUNK
@@ -144,9 +135,8 @@ class _Bucket:
         self.sharded = any(is_dtensor(p) for p in params)
 
     def _chunk_plan(self, size: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
-        """Flat ranges ``[start, stop)`` of at most ``size`` elements, each with the
-        ``(param index, first, last)`` element ranges of the parameters it covers:
-        a run of whole parameters, or a ``size``-element piece of a larger one."""
+        """The chunks: flat ranges ``[start, stop)`` of at most ``size`` elements, each with the
+        ``(param index, first, last)`` element ranges of the parameters it covers."""
         plan: list[tuple[int, int, list[tuple[int, int, int]]]] = []
         run: list[tuple[int, int, int]] = []
         start = offset = 0
@@ -170,8 +160,7 @@ class _Bucket:
         return plan
 
     def current(self, which: str) -> list[Tensor]:
-        """``x_i``: this rank's part of each parameter, on the buffers' device; raises a
-        ``ValueError`` naming the parameter whose shape or dtype changed (``.data`` replaced)."""
+        """``x_i``: this rank's part of each parameter, on the buffers' device (checked against its shape)."""
         tensors = self.local_params()
         for tensor, shape in zip(tensors, self.shapes):
             if tensor.shape != shape or tensor.dtype != self.param_dtype:
@@ -183,8 +172,7 @@ class _Bucket:
         return [t.to(self.snapshot.device) for t in tensors] if self.offloaded else tensors
 
     def local_params(self) -> list[Tensor]:
-        """This rank's part of each parameter; unsharded, the parameters themselves (every pass
-        runs under ``no_grad``)."""
+        """This rank's part of each parameter; unsharded, the parameters themselves (passes run under ``no_grad``)."""
         return [local_tensor(p) for p in self.params] if self.sharded else self.params
 
     def pieces(self, tensors: list[Tensor]) -> list[list[Tensor]]:
@@ -195,17 +183,6 @@ class _Bucket:
             for _, _, covered in self.chunks
         ]
 
-    def _chunks(self, pieces: list[list[Tensor]]) -> Iterator[tuple[int, int, Tensor]]:
-        """Per chunk ``(start, stop, x_i's chunk)``: a piece as it is, or a run gathered into a work tensor."""
-        gathered = None
-        for (start, stop, _), chunk in zip(self.chunks, pieces):
-            if len(chunk) == 1:
-                yield start, stop, chunk[0]
-                continue
-            if gathered is None:
-                gathered = torch.empty(min(self.numel, self.chunk_size), dtype=self.dtype, device=self.snapshot.device)
-            yield start, stop, torch.cat(chunk, out=gathered[: stop - start])
-
     def measure(self, pieces: list[list[Tensor]]) -> Tensor:
         """Per chunk ``<d, d_{i-1}>`` and ``|d|^2`` (float64 products), flat; writes no buffer."""
         if self.numel == 0:  # an empty local shard
@@ -213,11 +190,15 @@ class _Bucket:
         size = min(self.numel, self.chunk_size)
         step = torch.empty(size, dtype=torch.float64, device=self.snapshot.device)
         previous = step if self.dtype == torch.float64 else torch.empty_like(step)
+        gathered = None
         products = []
-        for start, stop, now in self._chunks(pieces):
-            d = torch.sub(
-                self.snapshot[start:stop], now, out=step[: stop - start]
-            )  # in the buffer dtype, exact in float64
+        for (start, stop, _), chunk in zip(self.chunks, pieces):
+            # x_i's chunk: a piece as it is, or a run of whole parameters gathered into a work tensor.
+            if len(chunk) > 1 and gathered is None:
+                gathered = torch.empty(size, dtype=self.dtype, device=self.snapshot.device)
+            now = chunk[0] if len(chunk) == 1 else torch.cat(chunk, out=gathered[: stop - start])
+            # In the buffer dtype, exact in float64.
+            d = torch.sub(self.snapshot[start:stop], now, out=step[: stop - start])
             d_previous = self.previous[start:stop]
             if previous is not step:
                 d_previous = previous[: stop - start].copy_(d_previous)
@@ -225,8 +206,7 @@ class _Bucket:
         return torch.stack(products)
 
     def commit(self, pieces: list[list[Tensor]], total: Tensor | None, weight: float) -> None:
-        """``total += weight x_i`` (when given), ``previous := snapshot - x_i`` and ``snapshot := x_i``,
-        piece by piece: nothing is allocated, so only a device fault can stop it halfway."""
+        """``total += weight x_i`` (when given), ``previous := snapshot - x_i`` and ``snapshot := x_i``."""
         for (start, _, _), chunk in zip(self.chunks, pieces):
             for now in chunk:
                 stop = start + now.numel()
@@ -235,13 +215,6 @@ class _Bucket:
                 torch.sub(self.snapshot[start:stop], now, out=self.previous[start:stop])
                 self.snapshot[start:stop].copy_(now)
                 start = stop
-
-    def snapshot_current(self) -> None:
-        """``snapshot := x_i``: the parameters as they are now (the previous step stays)."""
-        for (start, _, _), chunk in zip(self.chunks, self.pieces(self.current("snapshot_current"))):
-            for now in chunk:
-                self.snapshot[start : start + now.numel()].copy_(now)
-                start += now.numel()
 
     def work_tensor(self) -> Tensor:
         """The scratch :meth:`write` needs: a chunk, or the largest non-contiguous parameter (written whole)."""
@@ -253,7 +226,7 @@ class _Bucket:
     def write(self, flat: Tensor, divisor: float, work: Tensor) -> None:
         """``params := flat / divisor`` (this rank's parts) and ``snapshot := params``, through ``work``
         (from :meth:`work_tensor`); ``flat`` is not changed and nothing is allocated."""
-        for tensor, view, (offset, stop) in zip(self.local_params(), self.views(flat), self.ranges()):
+        for tensor, view, snapshot in zip(self.local_params(), self.views(flat), self.views(self.snapshot)):
             size = work.numel() if tensor.is_contiguous() else tensor.numel()
             for first in range(0, tensor.numel(), max(size, 1)):
                 last = min(first + size, tensor.numel())
@@ -261,56 +234,29 @@ class _Bucket:
                 scratch = work[: last - first].view(target.shape)
                 torch.div(view.reshape(-1)[first:last].view(target.shape), divisor, out=scratch)
                 target.copy_(scratch)
-                self.snapshot[offset + first : offset + last].view(target.shape).copy_(target)
-
-    def ranges(self) -> list[tuple[int, int]]:
-        """Each parameter's ``[start, stop)`` in the flat buffers, in order."""
-        ends = list(itertools.accumulate(shape.numel() for shape in self.shapes))
-        return list(zip([0, *ends[:-1]], ends))
+                snapshot.view(-1)[first:last].view(target.shape).copy_(target)
 
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of ``flat`` shaped like the parameters, in order."""
-        return [flat[start:stop].view(shape) for (start, stop), shape in zip(self.ranges(), self.shapes)]
+        return [piece.view(shape) for piece, shape in zip(flat.split(self.numels), self.shapes)]
 
 
 def _host_sum(values: list[float]) -> float:
-    """The exact sum (``math.fsum``); where that refuses (opposite infinities, overflow),
-    the plain sum, which is then not finite either."""
+    """``math.fsum``, or where that refuses (opposite infinities, overflow) the plain sum, not finite either."""
     try:
         return math.fsum(values)
     except (ValueError, OverflowError):
         return sum(values)
 
 
-def _bucketize(
-    params: Sequence[Tensor], counted: Sequence[bool], snapshot_device: torch.device | None
-) -> list[_Bucket]:
-    groups: dict[tuple[torch.device, torch.dtype, bool], list[Tensor]] = {}
-    for p, is_counted in zip(params, counted, strict=True):
-        groups.setdefault((p.device, p.dtype, is_counted), []).append(p)
-    return [
-        _Bucket(members, snapshot_device if snapshot_device is not None else device, is_counted)
-        for (device, _, is_counted), members in groups.items()
-    ]
-
-
 class ParameterTrajectory:
     """Snapshot of the parameters and the last step, kept in flat per-bucket buffers.
 
-    Memory held: two copies of the parameters (in at least fp32), on
-    ``snapshot_device`` when given (e.g. ``"cpu"`` to keep them off the
-    accelerator), else beside each parameter. Of sharded (DTensor) parameters
-    only this rank's shards are held. Every method that changes the buffers
-    runs under ``torch.no_grad()`` and outside inference mode.
-
-    Args:
-        params: the tensors whose trajectory is measured; every parameter the
-            optimizer updates. Frozen parameters are allowed: their step is zero
-            and contributes nothing to the sums.
-        snapshot_device: where the buffers live; ``None`` = each parameter's device.
-        process_group: the torch.distributed group the sums are reduced over;
-            ``None`` = the default group when torch.distributed is initialized
-            (see :class:`autodrop.distributed.ReplicaCounting`).
+    Memory held: two copies of the parameters (in at least fp32), on ``snapshot_device``
+    when given, else beside each parameter; of DTensor parameters, this rank's shards
+    only. Every method that changes the buffers runs under ``torch.no_grad()`` and
+    outside inference mode. The arguments are :class:`autodrop.AngularVelocity`'s;
+    ``params`` is every parameter the optimizer updates (a frozen one's step is zero).
     """
 
     def __init__(
@@ -323,7 +269,13 @@ class ParameterTrajectory:
         self.snapshot_device = check_device("snapshot_device", snapshot_device)
         self.process_group = process_group
         self.counting = ReplicaCounting(self.params, process_group)
-        self.buckets = _bucketize(self.params, self.counting.counted, self.snapshot_device)
+        buckets: dict[tuple[torch.device, torch.dtype, bool], list[Tensor]] = {}
+        for p, counted in zip(self.params, self.counting.counted, strict=True):
+            buckets.setdefault((p.device, p.dtype, counted), []).append(p)
+        self.buckets = [
+            _Bucket(members, device if self.snapshot_device is None else self.snapshot_device, counted)
+            for (device, _, counted), members in buckets.items()
+        ]
         self.previous_norm_sq: float | None = None
         self.snapshot_current()
         if not all(torch.isfinite(s).all() for s in self.snapshots()):
@@ -359,8 +311,7 @@ class ParameterTrajectory:
         return held if sums is None else [*held, sums]
 
     def views(self, flats: Sequence[Tensor]) -> list[Tensor]:
-        """Views of flat per-bucket vectors laid out like the snapshots, in :attr:`params` order: the
-        public per-parameter view of every buffer (e.g. for a checkpoint per parameter)."""
+        """Views of flat per-bucket vectors laid out like the snapshots, one per parameter in :attr:`params` order."""
         by_param = {
             id(p): view for b, flat in zip(self.buckets, flats, strict=True) for p, view in zip(b.params, b.views(flat))
         }
@@ -379,17 +330,14 @@ class ParameterTrajectory:
     def snapshot_current(self) -> None:
         """Take the current parameters as the snapshot; the previous step is kept."""
         for b in self.buckets:
-            b.snapshot_current()
+            for snapshot, now in zip(b.views(b.snapshot), b.current("snapshot_current")):
+                snapshot.copy_(now)
 
     @torch.inference_mode(False)
     @torch.no_grad()
     def measure(self) -> Measurement:
-        """Reduce the new step ``d_i = x_{i-1} - x_i``; changes nothing.
-
-        The chunks' float64 partial sums go to the host once (the only
-        synchronisation). Raises a ``ValueError`` when a parameter's shape or dtype
-        changed since it was tracked.
-        """
+        """Reduce the new step ``d_i = x_{i-1} - x_i``; changes nothing. Raises a ``ValueError`` when a
+        parameter's shape or dtype changed since it was tracked."""
         pieces = [b.pieces(b.current("measure")) for b in self.buckets]
         dot, norm_sq = self._sum([b.measure(bucket_pieces) for b, bucket_pieces in zip(self.buckets, pieces)])
         fault = None
@@ -404,9 +352,8 @@ class ParameterTrajectory:
     @torch.inference_mode(False)
     @torch.no_grad()
     def commit(self, measurement: Measurement, totals: Sequence[Tensor] | None = None, weight: float = 0.0) -> None:
-        """Take a measured finite, nonzero step: ``x_i`` becomes the snapshot and ``d_i`` the previous
-        step; with ``totals`` (flat per-bucket sums laid out like the snapshots) also ``total += weight x_i``,
-        in the same pass."""
+        """Take a measured finite, nonzero step (else do nothing); with ``totals`` (flat per-bucket sums laid
+        out like the snapshots) also ``total += weight x_i``, in the same pass."""
         if measurement.statistics.fault is not None:
             return
         totals = [None] * len(self.buckets) if totals is None else totals
@@ -415,12 +362,7 @@ class ParameterTrajectory:
         self.previous_norm_sq = measurement.statistics.norm_sq
 
     def _sum(self, partials: list[Tensor]) -> list[float]:
-        """The chunks' partial sums ``[dot, norm_sq]`` added over chunks, buckets and ranks, on the host.
-
-        In one process the partials go to the host together (one sync per device) and
-        are added exactly; under torch.distributed they are added in float64 on the
-        device and all-reduced.
-        """
+        """The chunks' partial sums ``[dot, norm_sq]`` added over chunks, buckets and ranks, on the host."""
         if self.counting.world_size > 1:
             device = partials[0].device
             counted = [p.view(-1, 2).sum(0).to(device) for p, b in zip(partials, self.buckets) if b.counted]

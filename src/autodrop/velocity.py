@@ -1,11 +1,6 @@
-"""Angular velocity of the parameter trajectory (AutoDrop's signal, paper Sec. 3).
-
-    s_i     = x_i - x_{i-1}
-    omega_i = (180 / pi) * arccos( clamp( <s_i, s_{i-1}> / (|s_i| |s_{i-1}| + eps), -1, 1 ) )
-
-reduced over all parameters at once; omega first exists at the third
-measurement (x_0, x_1, x_2 give s_1, s_2 and omega_2).
-"""
+"""Angular velocity of the parameter trajectory (AutoDrop's signal, paper Sec. 3): the angle between
+successive steps ``s_i = x_i - x_{i-1}``, first defined at the third measurement (x_0, x_1, x_2 give
+s_1, s_2 and omega_2)."""
 
 from __future__ import annotations
 
@@ -16,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_device, check_keys, check_optional_real, check_real
+from .checks import check_keys, check_optional_real, check_real
 from .interrupts import deferred_signals
 from .trajectory import ParameterTrajectory, StepStatistics
 
@@ -24,7 +19,7 @@ __all__ = ["AngularVelocity", "angle_degrees", "omega_of"]
 
 
 def angle_degrees(dot: float, norm_sq_u: float, norm_sq_v: float, eps: float) -> float:
-    """``(180/pi) arccos(clamp(<u,v> / (|u| |v| + eps), -1, 1))`` from the three reductions."""
+    """Omega's formula (:class:`AngularVelocity`) from the three reductions ``<u,v>``, ``|u|^2``, ``|v|^2``."""
     cosine = dot / (math.sqrt(norm_sq_u) * math.sqrt(norm_sq_v) + eps)
     return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
 
@@ -47,13 +42,11 @@ class AngularVelocity:
         \Big(\frac{\langle s_i, s_{i-1}\rangle}{\lVert s_i\rVert\,\lVert s_{i-1}\rVert + \epsilon}, -1, 1\Big)
 
     in degrees, or ``None`` while it is undefined (the first two intervals) and
-    when a step is zero or not finite (no direction to measure). Such a step is
-    not taken: ``last_statistics.fault`` names it (``"zero_step"`` or
-    ``"nonfinite"``), the snapshot and the previous step stay as they were, and
-    the next step is measured from that snapshot against the last nonzero step.
-    The reductions run over all tensors at once with float64 accumulation; the
-    angle is never computed per tensor and averaged. Use it to log omega under any schedule; :class:`AutoDrop`
-    uses it inside.
+    for a zero or non-finite step, which is not taken (``last_statistics.fault``
+    names it; the next step is measured from the same snapshot against the last
+    nonzero step). The sums run over all tensors at once with float64 products
+    (:mod:`autodrop.trajectory`), never per tensor. Use it to log omega under any
+    schedule; :class:`AutoDrop` uses it inside.
 
     Args:
         params: the tensors to measure (e.g. ``model.parameters()``). The first
@@ -85,7 +78,7 @@ class AngularVelocity:
         process_group: Any = None,
     ) -> None:
         self.eps = check_real("eps", eps, "(0, inf)")
-        self.trajectory = ParameterTrajectory(params, check_device("snapshot_device", snapshot_device), process_group)
+        self.trajectory = ParameterTrajectory(params, snapshot_device, process_group)
         self.omega: float | None = None
         self.last_statistics: StepStatistics | None = None
 
