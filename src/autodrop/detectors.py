@@ -1,26 +1,14 @@
 """Saturation tests on the angular velocity: plain floats, no tensors.
 
-A detector sees one omega (degrees) per measured interval and says whether
-omega has saturated at the current LR. Every detector reduces its evidence to
-one statistic ``delta`` and a bound ``threshold``: it passes when
-``delta < threshold``. :class:`~autodrop.AutoDrop` records both (and the
-detector's own :meth:`Detector.statistics`) in each history record, so a
-person can see why it fired or not.
-
-The protocol (:class:`Detector`): ``observe(omega) -> bool`` (saturated now?),
-the ``delta`` and ``threshold`` of the latest observation, ``statistics()``,
-``on_drop(factor)`` (called at each LR drop), ``state_dict()``,
-``check_state(state, name)`` and ``load_state_dict(state)``. A detector's state
-holds its hyper-parameters too, as torch's schedulers do.
-
-Two detectors:
-
-- :class:`PaperRule` (``"paper"``): the paper's test,
-  ``|omega_bar_i - omega_bar_{i-1}| < theta`` on the window-averaged omega,
-  theta growing by ``1 / rho`` at each drop.
-- :class:`TrendTest` (``"trend"``, the default): an equivalence test on the
-  trend of omega since the last drop, calibrated to the measured noise; see its
-  docstring for the math.
+A detector (the :class:`Detector` protocol) sees one omega (degrees) per
+measured interval and says whether omega has saturated at the current LR. Every
+detector reduces its evidence to one statistic ``delta`` and a bound
+``threshold``: it passes when ``delta < threshold``. :class:`~autodrop.AutoDrop`
+records both (and the detector's own :meth:`Detector.statistics`) in each
+history record, so a person can see why it fired or not. A detector's state
+holds its settings too, as torch's schedulers do. Two detectors:
+:class:`PaperRule` (``"paper"``, the paper's test) and :class:`TrendTest`
+(``"trend"``, the default).
 """
 
 from __future__ import annotations
@@ -40,10 +28,6 @@ MAX_WINDOW = 10_000
 """The largest window a detector accepts (intervals); far beyond any use, and a bound for checkpoints."""
 MAX_COUNT = 2**53
 """The largest interval count a detector accepts (a float holds every int up to it exactly)."""
-
-
-def _check_omega(omega: Any) -> float:
-    return check_real("omega", omega, "[0, 180]")
 
 
 @runtime_checkable
@@ -78,6 +62,16 @@ def _check_omegas(name: str, values: Any, maximum: int) -> list[float]:
     return [check_real(f"{name}[{i}]", v, "[0, 180]") for i, v in enumerate(values)]
 
 
+def _check_keys(detector: Any, state: Any, name: str, counters: tuple[str, ...]) -> None:
+    """``state`` is a dict of ``detector``'s kind (its name checked first) with its settings and ``counters``."""
+    if isinstance(state, Mapping) and "name" in state and state["name"] != detector.name:
+        raise ValueError(
+            f"{name}['name'] is {state['name']!r}: a checkpoint of another detector "
+            f"(this scheduler's is {detector.name!r})"
+        )
+    check_keys(name, state, ("name", *detector.SETTINGS, *counters))
+
+
 class PaperRule:
     r"""The paper's trigger: the change of the window-averaged omega is below theta.
 
@@ -97,6 +91,7 @@ class PaperRule:
     """
 
     name = "paper"
+    SETTINGS = ("threshold", "max_threshold", "window")
 
     def __init__(self, threshold: float = 0.01, max_threshold: float = 1.0, window: int = 1) -> None:
         self.threshold = check_real("threshold", threshold, "(0, inf)")
@@ -106,7 +101,7 @@ class PaperRule:
         self._recent: deque[float] = deque(maxlen=self.window + 1)
 
     def observe(self, omega: float) -> bool:
-        self._recent.append(_check_omega(omega))
+        self._recent.append(check_real("omega", omega, "[0, 180]"))
         self.delta = None
         if len(self._recent) > self.window:
             values = list(self._recent)
@@ -120,16 +115,10 @@ class PaperRule:
         self.threshold = min(self.max_threshold, self.threshold / factor)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "threshold": self.threshold,
-            "max_threshold": self.max_threshold,
-            "window": self.window,
-            "recent": list(self._recent),
-        }
+        return {"name": self.name, **{key: getattr(self, key) for key in self.SETTINGS}, "recent": list(self._recent)}
 
     def check_state(self, state: Any, name: str = "detector state") -> None:
-        _check_keys(name, state, self.name, ("threshold", "max_threshold", "window", "recent"))
+        _check_keys(self, state, name, ("recent",))
         maximum = check_real(f"{name}['max_threshold']", state["max_threshold"], "(0, inf)")
         check_real(f"{name}['threshold']", state["threshold"], f"(0, {maximum}]")
         window = check_int(f"{name}['window']", state["window"], 1, MAX_WINDOW)
@@ -138,45 +127,30 @@ class PaperRule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check ``state`` completely (:meth:`check_state`), then apply it."""
         self.check_state(state)
-        window = int(state["window"])
-        recent = deque((float(v) for v in state["recent"]), maxlen=window + 1)
-        self.threshold, self.max_threshold = float(state["threshold"]), float(state["max_threshold"])
-        self.window, self._recent = window, recent
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def _check_keys(name: str, state: Any, detector: str, keys: tuple[str, ...]) -> None:
-    """``state`` is a dict of detector ``detector`` (its name checked first) with exactly ``keys`` besides."""
-    if isinstance(state, Mapping) and "name" in state and state["name"] != detector:
-        raise ValueError(
-            f"{name}['name'] is {state['name']!r}: a checkpoint of another detector (this scheduler's is {detector!r})"
-        )
-    check_keys(name, state, ("name", *keys))
+        self.__init__(**{key: state[key] for key in self.SETTINGS})
+        self._recent.extend(float(omega) for omega in state["recent"])
 
 
 @lru_cache(maxsize=256)
 def student_t_quantile(probability: float, df: int) -> float:
     r"""The ``probability`` quantile of Student's t with ``df`` degrees of freedom (``probability >= 0.5``).
 
-    Bisection on :math:`F(t) = \tfrac12 + \int_0^t f(s)\,ds`, the density integrated
-    by Simpson's rule on the substitution ``s = tan(u)`` (bounded integrand);
-    accurate to about 1e-9 (tests compare with ``scipy.stats.t.ppf``).
+    Bisection on the exact CDF for integer ``df`` (Abramowitz and Stegun 26.7.3-4): with
+    :math:`\theta = \arctan(t/\sqrt{df})`, :math:`c = \cos\theta` and ``df // 2`` terms in each sum,
+    :math:`F(t) = \tfrac12 + \tfrac12 \sin\theta\,(1 + \tfrac12 c^2 + \tfrac{1\cdot3}{2\cdot4} c^4 + \dots)` for
+    even df, :math:`F(t) = \tfrac12 + \tfrac1\pi\big(\theta + \sin\theta\,(c + \tfrac23 c^3 + \dots)\big)` for
+    odd df; accurate to about 1e-11 (tests compare with ``scipy.stats.t.ppf``).
     """
-    log_scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
 
     def cdf(t: float) -> float:
-        # s = tan(u), ds = sec^2(u) du; f(tan u) sec^2 u is smooth on [0, atan t].
-        top, steps = math.atan(t), 400
-        width = top / steps
-        total = 0.0
-        for k in range(steps + 1):
-            u = k * width
-            weight = 1 if k in (0, steps) else (4 if k % 2 else 2)
-            total += weight * math.exp(log_scale - (df + 1) / 2 * math.log1p(math.tan(u) ** 2 / df)) / math.cos(u) ** 2
-        return 0.5 + total * width / 3
+        theta = math.atan(t / math.sqrt(df))
+        odd = df % 2
+        term, total = (math.cos(theta) if odd else 1.0), 0.0
+        for j in range(1, df // 2 + 1):
+            total += term
+            term *= (2 * j - 1 + odd) / (2 * j + odd) * math.cos(theta) ** 2
+        share = math.sin(theta) * total
+        return 0.5 + (theta + share) / math.pi if odd else 0.5 + share / 2
 
     low, high = 0.0, 1.0
     while cdf(high) < probability:
@@ -185,9 +159,6 @@ def student_t_quantile(probability: float, df: int) -> float:
         middle = (low + high) / 2
         low, high = (middle, high) if cdf(middle) < probability else (low, middle)
     return (low + high) / 2
-
-
-MAX_AUTOCORRELATION = 0.9
 
 
 def ols_slope(values: list[float]) -> tuple[float, float, float]:
@@ -220,7 +191,7 @@ def ols_slope(values: list[float]) -> tuple[float, float, float]:
     if squares == 0.0:
         return slope, 0.0, 0.0
     lagged = math.fsum(residuals[k] * residuals[k - 1] for k in range(1, w)) / squares
-    rho = min(MAX_AUTOCORRELATION, max(0.0, lagged + 3 * (1 + lagged) / w))
+    rho = min(0.9, max(0.0, lagged + 3 * (1 + lagged) / w))
     noise = math.sqrt(squares / (w - 2))
     return slope, noise / math.sqrt(sjj) * math.sqrt((1 + rho) / (1 - rho)), noise
 
@@ -276,6 +247,7 @@ class TrendTest:
     """
 
     name = "trend"
+    SETTINGS = tuple("confidence tolerance horizon slowdown window min_intervals patience max_wait wait_factor".split())
 
     def __init__(
         self,
@@ -328,7 +300,7 @@ class TrendTest:
         self.threshold = max(self.tolerance / self.horizon, self.slowdown * self.peak_slope)
 
     def observe(self, omega: float) -> bool:
-        self._recent.append(_check_omega(omega))
+        self._recent.append(check_real("omega", omega, "[0, 180]"))
         self.length += 1
         self._measure()
         if self.delta is not None:
@@ -353,23 +325,10 @@ class TrendTest:
             self.first_phase = self.fired_at if self.fired_at is not None else self.length
         self._start_phase()
 
-    def _settings(self) -> dict[str, Any]:
-        return {
-            "confidence": self.confidence,
-            "tolerance": self.tolerance,
-            "horizon": self.horizon,
-            "slowdown": self.slowdown,
-            "window": self.window,
-            "min_intervals": self.min_intervals,
-            "patience": self.patience,
-            "max_wait": self.max_wait,
-            "wait_factor": self.wait_factor,
-        }
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            **self._settings(),
+            **{key: getattr(self, key) for key in self.SETTINGS},
             "recent": list(self._recent),
             "length": self.length,
             "passes": self.passes,
@@ -380,9 +339,9 @@ class TrendTest:
 
     def check_state(self, state: Any, name: str = "detector state") -> None:
         counters = ("recent", "length", "passes", "peak_slope", "fired_at", "first_phase")
-        _check_keys(name, state, self.name, (*self._settings(), *counters))
-        try:
-            settings = TrendTest(**{key: state[key] for key in self._settings()})
+        _check_keys(self, state, name, counters)
+        try:  # the constructor's checks: a checkpoint obeys the arguments' bounds
+            settings = TrendTest(**{key: state[key] for key in self.SETTINGS})
         except (TypeError, ValueError) as error:
             raise type(error)(f"{name}: {error}") from None
         length = check_int(f"{name}['length']", state["length"], 0, MAX_COUNT)
@@ -402,11 +361,12 @@ class TrendTest:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Check ``state`` completely (:meth:`check_state`), then apply it; the statistics are recomputed."""
         self.check_state(state)
-        self.__init__(**{key: state[key] for key in self._settings()})
+        self.__init__(**{key: state[key] for key in self.SETTINGS})
         self._recent.extend(float(omega) for omega in state["recent"])
         self.length, self.passes = int(state["length"]), int(state["passes"])
         self.peak_slope = float(state["peak_slope"])
-        self.fired_at, self.first_phase = _optional_int(state["fired_at"]), _optional_int(state["first_phase"])
+        self.fired_at = None if state["fired_at"] is None else int(state["fired_at"])
+        self.first_phase = None if state["first_phase"] is None else int(state["first_phase"])
         self._measure()
 
 

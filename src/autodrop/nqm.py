@@ -26,9 +26,7 @@ reported is that of the mean objective, :math:`L(x) = \tfrac12 x^\top A x`
 and the saturation angle is :math:`\arccos C^*` with :math:`C^* = I^* / E\lVert s\rVert^2
 \ge -\alpha \max_i a_i / 2`, between 90 and 120 degrees. (The paper's printed
 numerator exponent is garbled; :math:`a^3` is right, see the SPEC.) For heavy ball
-the same moments come from the stationary covariance of the per-coordinate
-state :math:`(x, s)`, a 2x2 discrete Lyapunov equation solved exactly.
-Stability needs :math:`0 < \alpha a_i < 2 (1 + \beta)` for every i.
+see :meth:`NoisyQuadratic.stationary_moments`.
 
 **Paper setting** (:meth:`NoisyQuadratic.paper`): n = 200, :math:`A = \operatorname{diag}
 (1/10, \dots, 200/10)`, learning rates 0.06, 0.03, 0.01, 0.001, omega averaged
@@ -38,24 +36,13 @@ enough from the optimum that the loss falls by three to five decades before it
 saturates and, at the smaller LRs, the first steps are aligned (omega near 0)
 so that omega visibly rises before it saturates (the paper's property P1).
 
-**Fixed learning rate** (:func:`simulate_fixed_lr`, Figure 1): one vectorised
-float64 simulation over all learning rates and coordinates at once; omega is the
-project's angle, :func:`autodrop.velocity.angle_degrees`, of successive steps.
-
-**AutoDrop** (:func:`run_autodrop`, Figure 3) drives the real
-:class:`autodrop.AutoDrop` scheduler, stepped once per iteration, on a float64
-``torch`` parameter trained by ``torch.optim.SGD`` on the sampled quadratic.
-That is slower than a vectorised loop (a fraction of a millisecond per
-iteration) but it runs the library's own state machine, saturation detector and
-LR handling rather than a re-creation of them, and a 20 000-iteration run still
-takes seconds. The paper's rule on the NQM is: drop the LR by a factor 2 when
-the 20-iteration-averaged omega changes by less than 0.01 degree between
-consecutive iterations, from 0.06 down to 0.001. That is
-``AutoDrop(factor=0.5, min_lr=0.001, detector="paper", threshold=0.01, window=20)`` (with
-``interval="steps"``: one interval per iteration, on purpose); the paper
-states no delay or averaging for the NQM, so ``delay=0`` (drop at the trigger,
-nothing averaged), and no growth of the threshold, so ``max_threshold=threshold``
-by default.
+:func:`simulate_fixed_lr` gives Figure 1 (fixed LRs, vectorised), :func:`run_autodrop`
+Figure 3: the real :class:`autodrop.AutoDrop`, so the library's own state machine,
+detector and LR handling run rather than a re-creation of them (a 20 000-iteration
+run takes seconds). The paper's NQM rule, drop the LR by a factor 2 when the
+20-iteration-averaged omega changes by less than 0.01 degree between iterations,
+from 0.06 down to 0.001, states no delay, averaging or growth of the threshold:
+hence ``delay=0`` and ``max_threshold=threshold`` by default.
 """
 
 from __future__ import annotations
@@ -117,9 +104,9 @@ class NoisyQuadratic:
     start: Tensor
 
     def __post_init__(self) -> None:
-        curvature = _vector("curvature", self.curvature)
-        noise = _vector("noise", self.noise)
-        start = _vector("start", self.start)
+        for field in ("curvature", "noise", "start"):
+            object.__setattr__(self, field, _vector(field, getattr(self, field)))
+        curvature, noise, start = self.curvature, self.noise, self.start
         if not (curvature > 0).all():
             raise ValueError(f"curvature must be > 0 everywhere, got min {curvature.min().item()}")
         if not (noise >= 0).all():
@@ -129,9 +116,6 @@ class NoisyQuadratic:
                 f"curvature, noise and start must have one value per coordinate, "
                 f"got lengths {len(curvature)}, {len(noise)}, {len(start)}"
             )
-        object.__setattr__(self, "curvature", curvature)
-        object.__setattr__(self, "noise", noise)
-        object.__setattr__(self, "start", start)
 
     @classmethod
     def paper(cls, dimension: int = 200, start: float = 100.0) -> NoisyQuadratic:
@@ -165,8 +149,7 @@ class NoisyQuadratic:
         return -(lr**3) * (a**3 * var / (2 - lr * a)).sum().item()
 
     def theorem1_cosine(self, lr: float) -> float:
-        r"""Theorem 1's cosine,
-        :math:`C^* = -(\alpha/2) \sum a^3 \sigma^2/(2 - \alpha a) \,/\, \sum a^2 \sigma^2/(2 - \alpha a)`."""
+        """Theorem 1's cosine ``C*`` (module docstring), ``I* / E|s|^2`` (plain GD)."""
         self.check_stable(lr)
         a, var = self.curvature, self.noise
         weights = a**2 * var / (2 - lr * a)
@@ -271,15 +254,13 @@ def simulate_fixed_lr(
     noise_std = problem.noise.sqrt()
     x = problem.start.expand(shape).clone()
     step = torch.zeros(shape, dtype=torch.float64)
-    previous = torch.empty(shape, dtype=torch.float64)
-    gradient = torch.empty(shape, dtype=torch.float64)
     loss = torch.empty(iterations + 1, len(learning_rates), dtype=torch.float64)
     inner = torch.empty(iterations - 1, len(learning_rates), dtype=torch.float64)
     norm_sq = torch.empty(iterations, len(learning_rates), dtype=torch.float64)
     loss[0] = problem.loss(x)
     for t in range(iterations):
-        previous.copy_(step)
-        torch.randn(shape, generator=generator, dtype=torch.float64, out=gradient)
+        previous = step.clone()
+        gradient = torch.randn(shape, generator=generator, dtype=torch.float64)
         gradient.mul_(noise_std).sub_(x).mul_(problem.curvature)  # -A (x - c)
         step.mul_(momentum).addcmul_(lrs, gradient)
         x.add_(step)

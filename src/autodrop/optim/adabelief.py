@@ -1,15 +1,5 @@
-"""AdaBelief (Zhuang et al., NeurIPS 2020, arXiv 2010.07468), Algorithm 2 of the paper.
-
-Adam with the second moment taken of the gradient's deviation from its running
-mean (the "belief" in the gradient) instead of the raw gradient:
-
-    m_t = beta1 m_{t-1} + (1 - beta1) g_t
-    s_t = beta2 s_{t-1} + (1 - beta2) (g_t - m_t)^2 + eps
-    theta_t = theta_{t-1} - lr (m_t / (1 - beta1^t)) / (sqrt(s_t / (1 - beta2^t)) + eps)
-
-The optimizer class gathers tensors; :func:`adabelief` is the update, one
-foreach pass per step over a param group.
-"""
+"""AdaBelief (Zhuang et al., NeurIPS 2020, arXiv 2010.07468), Algorithm 2 of the paper: one foreach pass
+per step over a param group."""
 
 from __future__ import annotations
 
@@ -23,54 +13,11 @@ from torch.optim.optimizer import ParamsT
 
 from ..checks import check_bool, check_real
 
-__all__ = ["AdaBelief", "adabelief"]
-
-
-def adabelief(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_vars: list[Tensor],
-    steps: list[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    maximize: bool,
-) -> None:
-    """One AdaBelief step, in place on ``params``, ``exp_avgs`` and ``exp_avg_vars``.
-
-    ``steps`` holds each parameter's step number t (already counting this step),
-    for its bias corrections. See :class:`AdaBelief` for the math.
-    """
-    if not params:
-        return
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            torch._foreach_mul_(params, 1 - lr * weight_decay)
-        else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-    residuals = torch._foreach_sub(grads, exp_avgs)
-    torch._foreach_mul_(exp_avg_vars, beta2)
-    torch._foreach_addcmul_(exp_avg_vars, residuals, residuals, value=1 - beta2)
-    torch._foreach_add_(exp_avg_vars, eps)
-
-    denominators = torch._foreach_sqrt(exp_avg_vars)
-    torch._foreach_div_(denominators, [math.sqrt(1 - beta2**t) for t in steps])
-    torch._foreach_add_(denominators, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps])
+__all__ = ["AdaBelief"]
 
 
 class AdaBelief(Optimizer):
-    r"""AdaBelief: Adam with the second moment of the gradient's surprise.
+    r"""AdaBelief: Adam with the second moment of the gradient's deviation from its running mean.
 
     With :math:`g_t` the gradient (plus :math:`\lambda\theta` for coupled weight
     decay), per element:
@@ -157,19 +104,24 @@ class AdaBelief(Optimizer):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_vars.append(state["exp_avg_var"])
                 steps.append(state["step"])
-            beta1, beta2 = group["betas"]
-            adabelief(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_vars,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                maximize=group["maximize"],
-            )
+            if not params:
+                continue
+            lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            if group["maximize"]:
+                grads = torch._foreach_neg(grads)
+            if weight_decay != 0:
+                if group["decoupled_weight_decay"]:
+                    torch._foreach_mul_(params, 1 - lr * weight_decay)
+                else:
+                    grads = torch._foreach_add(grads, params, alpha=weight_decay)
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+            residuals = torch._foreach_sub(grads, exp_avgs)
+            torch._foreach_mul_(exp_avg_vars, beta2)
+            torch._foreach_addcmul_(exp_avg_vars, residuals, residuals, value=1 - beta2)
+            torch._foreach_add_(exp_avg_vars, eps)
+            denominators = torch._foreach_sqrt(exp_avg_vars)
+            torch._foreach_div_(denominators, [math.sqrt(1 - beta2**t) for t in steps])
+            torch._foreach_add_(denominators, eps)
+            torch._foreach_addcdiv_(params, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps])
         return loss
