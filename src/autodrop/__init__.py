@@ -1,17 +1,11 @@
 """autodrop: automatic learning-rate drops for PyTorch.
 
 ``AutoDrop`` drops the learning rate when the angular velocity of the parameter
-trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317), as judged by
-a pluggable detector: ``TrendTest`` (the default) or the paper's ``PaperRule``;
-``AngularVelocity`` measures that angle alone, under any schedule;
-``NoisyQuadratic`` is the paper's noisy quadratic model with Theorem 1;
-``ShardedState`` checkpoints AutoDrop's sharded state with torch.distributed.checkpoint.
-``ActiveSGD``, ``ActiveAdamW``, ``ActiveRAdam`` and ``ActiveAdaBelief`` adapt a
-per-element LR multiplier from the sign of the epoch-summed gradient (ActiveLR,
-Wadi, Fredette, Senecal, arXiv 2301.10133), and ``ActiveLR(optimizer)`` puts the
-same rule in front of any torch optimizer; ``AdaBelief`` is their AdaBelief base.
-``write_history_csv`` and ``write_history_tensorboard`` record ``AutoDrop.history``;
-framework integrations live in ``autodrop.integrations`` and import lazily.
+trajectory saturates (Teng, Wang, Choromanska, arXiv 2111.15317); ``ActiveLR`` and
+the ``Active*`` optimizers adapt a per-element LR multiplier from the sign of the
+epoch-summed gradient (Wadi, Fredette, Senecal, arXiv 2301.10133). Each exported
+name documents itself; framework integrations live in ``autodrop.integrations``
+and import lazily.
 """
 
 from .detectors import Detector, PaperRule, TrendTest

@@ -7,10 +7,7 @@ from types import ModuleType
 
 
 def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
-    """Import ``module`` or raise an ImportError naming ``pip install 'autodrop[extra]'``.
-
-    ``purpose`` says what needs it, e.g. ``"autodrop.integrations.lightning"``.
-    """
+    """Import ``module`` or raise an ImportError naming ``purpose`` and ``pip install 'autodrop[extra]'``."""
     try:
         return importlib.import_module(module)
     except ImportError as error:

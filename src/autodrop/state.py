@@ -11,6 +11,7 @@ refused with an error that names the value.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -29,7 +30,6 @@ ON_NONFINITE = ("warn", "skip", "raise")
 INTERVALS = ("epoch", "steps")
 ATTRIBUTES = {"converged": "_converged"}
 """State keys whose attribute has another name (a read-only property stands under the key)."""
-_TENSORS = ("detector", "trajectory", "sums")
 
 
 def _copied(value: Any) -> Any:
@@ -45,41 +45,35 @@ def _copied(value: Any) -> Any:
 
 def _fields(scheduler: AutoDrop) -> tuple[tuple[str, Callable[[str, Any], Any]], ...]:
     """The scalar fields, ``(key, check)``: ``check(name, value)`` raises naming what is wrong or returns the value."""
-    num_groups = len(scheduler.optimizer.param_groups)
+    lrs = partial(groups.check_lrs, groups=len(scheduler.optimizer.param_groups))
 
     def optional_int(minimum: int) -> Callable[[str, Any], int | None]:
         return lambda name, value: None if value is None else check_int(name, value, minimum)
 
-    def at_least(minimum: int) -> Callable[[str, Any], int]:
-        return lambda name, value: check_int(name, value, minimum)
-
-    def lrs(allow_tensor: bool) -> Callable[[str, Any], list]:
-        return lambda name, value: groups.check_lrs(name, value, num_groups, allow_tensor)
-
     return (
-        ("factor", lambda name, value: check_real(name, value, "(0, 1)")),
-        ("min_lrs", lrs(allow_tensor=False)),
+        ("factor", partial(check_real, interval="(0, 1)")),
+        ("min_lrs", partial(lrs, allow_tensor=False)),
         ("min_lr_per_group", check_bool),
         ("max_drops", optional_int(0)),
-        ("delay", at_least(0)),
+        ("delay", partial(check_int, minimum=0)),
         ("average", check_bool),
-        ("eps", lambda name, value: check_real(name, value, "(0, inf)")),
-        ("on_nonfinite", lambda name, value: check_choice(name, value, ON_NONFINITE)),
+        ("eps", partial(check_real, interval="(0, inf)")),
+        ("on_nonfinite", partial(check_choice, choices=ON_NONFINITE)),
         ("max_history", optional_int(1)),
-        ("interval", lambda name, value: check_choice(name, value, INTERVALS)),
-        ("base_lrs", lrs(allow_tensor=True)),
+        ("interval", partial(check_choice, choices=INTERVALS)),
+        ("base_lrs", partial(lrs, allow_tensor=True)),
         # torch's counters: its compositions move them (SequentialLR undoes a step: -1), wrappers count more
-        ("last_epoch", at_least(-1)),
-        ("_step_count", at_least(0)),
-        ("_last_lr", lrs(allow_tensor=True)),  # a tensor LR as torch keeps it
-        ("intervals", at_least(0)),
-        ("optimizer_steps", at_least(0)),
+        ("last_epoch", partial(check_int, minimum=-1)),
+        ("_step_count", partial(check_int, minimum=0)),
+        ("_last_lr", partial(lrs, allow_tensor=True)),  # a tensor LR as torch keeps it
+        ("intervals", partial(check_int, minimum=0)),
+        ("optimizer_steps", partial(check_int, minimum=0)),
         ("pending", check_bool),
-        ("delay_count", at_least(0)),
-        ("num_drops", at_least(0)),
+        ("delay_count", partial(check_int, minimum=0)),
+        ("num_drops", partial(check_int, minimum=0)),
         ("converged", check_bool),
         ("refresh_due", check_bool),
-        ("omega", lambda name, value: check_optional_real(name, value, "[0, 180]")),
+        ("omega", partial(check_optional_real, interval="[0, 180]")),
         ("history", lambda name, value: check_history(name, value, tuple(scheduler.detector.statistics()))),
     )
 
@@ -102,7 +96,7 @@ def checked_state(scheduler: AutoDrop, state: Any) -> dict[str, Any]:
     if type(state.get("version")) is not int or state["version"] != VERSION:
         raise ValueError(f"AutoDrop state version {state.get('version')!r} is not supported (expected {VERSION})")
     fields = _fields(scheduler)
-    check_keys("AutoDrop state", state, ("version", *(key for key, _ in fields), *_TENSORS))
+    check_keys("AutoDrop state", state, ("version", *(key for key, _ in fields), "detector", "trajectory", "sums"))
     scheduler.detector.check_state(state["detector"], "state['detector']")
     values = {key: check(f"state[{key!r}]", state[key]) for key, check in fields}
     scheduler.trajectory.check_state(state["trajectory"], "state['trajectory']")

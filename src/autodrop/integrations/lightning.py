@@ -65,8 +65,8 @@ class AutoDropCallback(pl.Callback):
     ``configure_optimizers`` returned, also inside ``SequentialLR`` and
     ``ChainedScheduler``; with several (e.g. one per optimizer of a GAN) each
     is logged as ``prefix + index + "/" + name`` and ``stop_when_converged``
-    waits for all of them. Steps taken after the epoch's last batch (manual
-    scheduling in ``on_train_epoch_end``) are logged at the next batch's end.
+    waits for all of them. A step taken by hand in ``on_train_epoch_end`` is logged
+    at the next epoch's start, or at the end of training.
 
     Args:
         refresh_batchnorm: recompute BatchNorm running statistics right after
@@ -116,9 +116,6 @@ class AutoDropCallback(pl.Callback):
         """The AutoDrop, when the module has exactly one (else see :attr:`schedulers`)."""
         return self.schedulers[0] if len(self.schedulers) == 1 else None
 
-    def _prefix(self, index: int) -> str:
-        return self.prefix if len(self.schedulers) == 1 else f"{self.prefix}{index}/"
-
     def _stop_if_converged(self, trainer: pl.Trainer) -> None:
         if self.stop_when_converged and all(scheduler.converged for scheduler in self.schedulers):
             trainer.should_stop = True
@@ -150,9 +147,7 @@ class AutoDropCallback(pl.Callback):
                 scheduler.after_average = None  # the hook holds the trainer
 
     # Lightning steps an epoch-interval scheduler right after the epoch's last training step, before that
-    # batch's on_train_batch_end: logging here covers "epoch" and "step" intervals alike. A step taken by hand
-    # in the module's on_train_epoch_end (manual optimization) is logged as that epoch's at the next epoch's
-    # start, or at the end of training.
+    # batch's on_train_batch_end: logging here covers "epoch" and "step" intervals alike.
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._log_new(trainer, trainer.current_epoch)
 
@@ -162,17 +157,18 @@ class AutoDropCallback(pl.Callback):
     def _log_new(self, trainer: pl.Trainer, epoch: int) -> None:
         # _logged holds the last logged interval, not a position: max_history may drop old records
         for index, scheduler in enumerate(self.schedulers):
+            one = len(self.schedulers) == 1
+            prefix, who = (self.prefix, "AutoDrop") if one else (f"{self.prefix}{index}/", f"AutoDrop {index}")
             history = scheduler.history
             for record in history[max(0, len(history) - (scheduler.intervals - self._logged[index])) :]:
-                metrics = {self._prefix(index) + name: value for name, value in history_scalars(record).items()}
+                metrics = {prefix + name: value for name, value in history_scalars(record).items()}
                 metrics["epoch"] = epoch  # as Lightning's own logging adds it: CSV rows get their epoch
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)
                 if record["event"] in ("drop", "converged"):
                     what = "LR drop" if record["event"] == "drop" else "converged"
                     pl.utilities.rank_zero_info(
-                        f"AutoDrop{'' if len(self.schedulers) == 1 else f' {index}'}: {what} at interval "
-                        f"{record['interval']} (epoch {epoch}): lr {record['lrs'][0]:.4g}"
+                        f"{who}: {what} at interval {record['interval']} (epoch {epoch}): lr {record['lrs'][0]:.4g}"
                     )
             self._logged[index] = scheduler.intervals
         self._stop_if_converged(trainer)

@@ -54,16 +54,10 @@ class AutoDropCallback(hf.TrainerCallback):
     :func:`autodrop.history.history_scalars`; drops are also logged at INFO.
     At every checkpoint the state is written to ``<checkpoint>/autodrop_scheduler.pt``;
     ``trainer.train(resume_from_checkpoint=...)`` loads it from the checkpoint the
-    Trainer resumes from (a path, or with ``True`` the last checkpoint in
-    ``args.output_dir``). The Trainer does not tell its callbacks that path, so the
-    callback wraps ``trainer.train`` to note it. A state that does not belong to
-    the run is refused: one whose tensors do not fit the optimizer's parameters, or
-    whose count of AutoDrop steps differs from the steps the resumed Trainer has
-    taken (a converged state may have fewer: no interval is measured after it).
-    With ``stop_when_converged=True`` the callback sets
-    ``control.should_training_stop`` once ``AutoDrop.converged`` is True (a
-    run resumed from a converged checkpoint stops after one more optimizer
-    step, which the Trainer takes before it looks, and measures no interval).
+    Trainer resumes from (a path, or with ``True`` the last one in ``args.output_dir``),
+    and refuses a state that does not fit the optimizer's parameters or whose count of
+    AutoDrop steps differs from the steps the Trainer has taken (a converged state may
+    have fewer: no interval is measured after it).
 
     Args:
         trainer: the ``transformers.Trainer`` to log through; its
@@ -73,8 +67,10 @@ class AutoDropCallback(hf.TrainerCallback):
             int ``>= 1`` steps it every that many optimizer steps instead
             (for step-based training, e.g. ``max_steps``).
         prefix: prefix of the logged names (default ``"autodrop/"``).
-        stop_when_converged: stop training once AutoDrop has converged (default
-            False), e.g. with ``max_drops=2``; ``num_train_epochs`` is then a cap.
+        stop_when_converged: set ``control.should_training_stop`` once AutoDrop has
+            converged (default False), e.g. with ``max_drops=2``; ``num_train_epochs`` is
+            then a cap. Resumed from a converged checkpoint, the run stops after the one
+            optimizer step the Trainer takes before it looks, and measures no interval.
         **autodrop_kwargs: passed to :class:`autodrop.AutoDrop` (``factor``,
             ``delay``, ``detector``, ...); names are checked here.
 
@@ -110,10 +106,7 @@ class AutoDropCallback(hf.TrainerCallback):
         self.scheduler: AutoDrop | None = None
         self._trainer_schedule: torch.optim.lr_scheduler.LambdaLR | None = None
         self._resume_from: str | None = None
-        self._note_the_checkpoint_of_each_train_call(trainer)
-
-    def _note_the_checkpoint_of_each_train_call(self, trainer: Any) -> None:
-        """Wrap ``trainer.train`` to keep the checkpoint it resumes from: the only place it is given."""
+        # trainer.train is the only place the Trainer is told the checkpoint it resumes from: note it there
         train = trainer.train
 
         @functools.wraps(train)
@@ -130,7 +123,10 @@ class AutoDropCallback(hf.TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         _check_constant_schedule(args)
-        if not _is_constant_lambda(lr_scheduler):
+        constant = isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR) and all(
+            lr_lambda(lr_scheduler.last_epoch) == 1 for lr_lambda in lr_scheduler.lr_lambdas
+        )
+        if not constant:
             raise ValueError(
                 "AutoDropCallback needs the Trainer's own scheduler to be the constant LambdaLR that "
                 f"lr_scheduler_type='constant' creates, got {type(lr_scheduler).__name__}; "
@@ -202,7 +198,8 @@ class AutoDropCallback(hf.TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if args.should_save and self.scheduler is not None:
             # written whole or not at all: a kill mid-write leaves no file that looks complete
-            path = os.path.join(_checkpoint_folder(args, state), STATE_FILE)
+            folder = f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}"  # the Trainer's at this step
+            path = os.path.join(args.output_dir, folder, STATE_FILE)
             torch.save(self.scheduler.state_dict(), path + ".tmp")
             os.replace(path + ".tmp", path)
 
@@ -230,11 +227,6 @@ class AutoDropCallback(hf.TrainerCallback):
             )
 
 
-def _checkpoint_folder(args: Any, state: Any) -> str:
-    """The folder the Trainer writes at this global step."""
-    return os.path.join(args.output_dir, f"{hf.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-
-
 def _check_constant_schedule(args: Any) -> None:
     if args.lr_scheduler_type != hf.SchedulerType.CONSTANT:
         raise ValueError(
@@ -242,9 +234,3 @@ def _check_constant_schedule(args: Any) -> None:
             f"lr_scheduler_type={getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)!r}: "
             "the Trainer's own schedule would fight AutoDrop's drops"
         )
-
-
-def _is_constant_lambda(scheduler: Any) -> bool:
-    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        return False
-    return all(lr_lambda(scheduler.last_epoch) == 1 for lr_lambda in scheduler.lr_lambdas)

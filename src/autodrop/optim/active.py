@@ -73,9 +73,8 @@ _ARGS_DOC = """
         lr_low: factor on g where it flipped, in ``(0, 1]`` (default 0.5). Other pairs of the authors'
             files: :data:`ACTIVE_PRESETS`.
         max_multiplier: upper bound on g, ``>= 1`` with ``max_multiplier + lr_high`` at most the largest
-            finite number of the group's narrowest parameter dtype (float32: about 3.4e38, float16:
-            65504); or ``None`` (default): unbounded, as the authors (g is 1 + 2k after k agreeing
-            epochs; it saturates at the dtype's largest finite number).
+            finite number of the group's narrowest parameter dtype; or ``None`` (default): unbounded,
+            as the authors (g then saturates at the dtype's largest finite number).
         min_multiplier: lower bound on g, in ``(0, 1]``, or ``None`` (default).
 """
 
@@ -376,12 +375,8 @@ class ActiveLR:
 
     def check_state(self, state_dict: Any) -> None:
         """Raise ``ValueError``/``TypeError``/``KeyError`` naming what in ``state_dict`` (one of
-        ``optimizer.state_dict()``) does not fit; changes nothing. ``load_state_dict`` runs it first.
-
-        Checked: the param groups (number, sizes, every current hyper-parameter, ``lr``, the ActiveLR keys
-        with their bounds, the epoch position); per parameter the rule's tensors (all or none, shaped like
-        it, finite, g ``> 0``, signs in {-1, 0, 1}), the base's (finite, shaped like it, counts ``>= 0``),
-        and for torch's SGD, Adam, AdamW, RAdam and AdaBelief the state its next step needs."""
+        ``optimizer.state_dict()``) does not fit, or would make the next step fail; changes nothing.
+        ``load_state_dict`` runs it first."""
         check_keys("optimizer state", state_dict, ("state", "param_groups"))
         groups = self.optimizer.param_groups
         saved_groups = check_list("state['param_groups']", state_dict["param_groups"], len(groups))
@@ -491,8 +486,7 @@ class ActiveSGD(_ActiveOptimizer, SGD):
     __doc__ = (
         r"""SGD with (Nesterov) momentum whose step is scaled per element by ActiveLR's g.
 
-    torch's SGD step, then ``p := p_old + g (p_sgd - p_old)``: with momentum, the authors'
-    ``p -= lr * g * buf`` (``buf`` including the coupled weight decay).
+    With momentum this is the authors' ``p -= lr * g * buf`` (``buf`` including the coupled weight decay).
 
     Args:
         params, lr (default 1e-3), momentum, dampening, weight_decay, nesterov,
@@ -529,8 +523,7 @@ class ActiveAdamW(_ActiveOptimizer, AdamW):
     __doc__ = (
         r"""AdamW whose step, decoupled weight decay included, is scaled per element by ActiveLR's g.
 
-    torch's AdamW step, then ``p := p_old + g (p_adamw - p_old)``, i.e.
-    ``p -= lr * g * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``.
+    That is, ``p -= lr * g * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)``.
 
     Args:
         params, lr (default 1e-3), betas, eps, weight_decay (default 1e-2), amsgrad,
@@ -568,8 +561,7 @@ class ActiveRAdam(_ActiveOptimizer, RAdam):
     __doc__ = (
         r"""RAdam whose step is scaled per element by ActiveLR's g.
 
-    torch's RAdam step (with this step's moments, not the previous step's as in the authors'
-    file), then ``p := p_old + g (p_radam - p_old)``.
+    torch's RAdam step uses this step's moments (the authors' file used the previous step's).
 
     Args:
         params, lr (default 1e-3), betas, eps, weight_decay (default 0), decoupled_weight_decay
