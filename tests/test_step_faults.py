@@ -105,10 +105,10 @@ def refuses_to_go_on(model, optimizer, scheduler):
     return True
 
 
-def interrupted_run(reference, epoch, fault):
+def interrupted_run(reference, epoch, fault, finish=True):
     """Run to ``epoch``, step it under ``fault`` (a context manager that may raise Interrupted),
-    check the state, resume from a checkpoint in fresh objects and finish the run. Returns
-    "before", "after" (the step happened; its refresh may still be due) or "refused"."""
+    check the state, and (``finish``) resume from a checkpoint in fresh objects and finish the run.
+    Returns "before", "after" (the step happened; its refresh may still be due) or "refused"."""
     around, final_state, final_params = reference
     model, optimizer, scheduler = trained_into(epoch)
     try:
@@ -126,6 +126,8 @@ def interrupted_run(reference, epoch, fault):
     assert stepped or states_equal(state, before), "the state is neither the one before the step nor after it"
     assert all(torch.equal(a, b) for a, b in zip(params(model), params_after if stepped else params_before))
     model, optimizer, scheduler = build(checkpoint(model, optimizer, scheduler))  # the state loads
+    if not finish:
+        return "after" if stepped else "before"
     if not stepped:
         scheduler.step()  # the step that did not happen
     for _ in range(epoch + 1, EPOCHS):
@@ -207,9 +209,11 @@ class raising_at_call(TorchFunctionMode):
 def test_an_exception_at_any_torch_call_of_a_drop_step_never_leaves_wrong_parameters(reference, epoch):
     counting = raising_at_call()
     interrupted_run(reference, epoch, counting)
-    # every call at the drop and at convergence; every second one at the middle drop (the same code path)
-    calls = range(1, counting.calls + 1, 2 if epoch == 5 else 1)
-    outcomes = {interrupted_run(reference, epoch, raising_at_call(k)) for k in calls}
+    # every call of the first drop, every fourth of the second and of the convergence (the same code, and
+    # a refresh whose calls are all alike); the state is exactly before or after, or refused (the other
+    # tests finish runs from such states)
+    calls = range(1, counting.calls + 1, 1 if epoch == 3 else 4)
+    outcomes = {interrupted_run(reference, epoch, raising_at_call(k), finish=False) for k in calls}
     assert outcomes == {"before", "after", "refused"}  # every kind of moment was hit
 
 
@@ -275,7 +279,7 @@ def test_an_exception_in_after_average_leaves_a_complete_drop_and_the_refresh_du
             scheduler.step()
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_timer_interrupts_at_random_moments_never_split_a_step(reference, seed):
     rng = random.Random(seed)
 
