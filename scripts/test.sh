@@ -8,4 +8,4 @@ python3 -m venv .venv-test
 .venv-test/bin/python -m pip install -q -c constraints.txt -e ".[test]"
 .venv-test/bin/ruff check .
 .venv-test/bin/ruff format --check .
-exec .venv-test/bin/python -m pytest -q -n auto --maxprocesses 4 "$@"
+exec .venv-test/bin/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal "$@"
