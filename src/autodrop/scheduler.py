@@ -242,8 +242,7 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
 
     def buffer_bytes(self) -> int:
         """Bytes held: ``2 P e_b`` outside the window, ``3 P e_b`` inside (``e_b = max(4, parameter element size)``)."""
-        window = sum(s.numel() * s.element_size() for s in self.sums) if self.sums is not None else 0
-        return self.trajectory.buffer_bytes() + window
+        return self.trajectory.buffer_bytes() + sum(s.numel() * s.element_size() for s in self.sums or [])
 
     def step(self, epoch: int | None = None) -> None:
         """Close one measurement interval: measure, decide, and drop if due (all or nothing).
@@ -258,7 +257,7 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
                 raise TypeError(f"AutoDrop.step() takes no metric (it measures the parameters), got {epoch!r}")
             raise ValueError(f"epoch must be None (AutoDrop cannot jump to an interval), got {epoch!r}")
         if self._in_after_average:
-            raise RuntimeError("AutoDrop.step() was called from inside after_average; call it from the training loop")
+            raise RuntimeError("AutoDrop.step() was called from inside after_average: call it from the training loop")
         self._check_usable()
         self._run_after_average()  # one that an exception or interrupt cut short
         # signals wait for the end: Python raises them between any two bytecodes, also inside no_grad's switches
@@ -413,10 +412,11 @@ class AutoDrop(SchedulerProtocol, LRScheduler):
         if self._converged and all(lr <= floor for lr, floor in zip(lrs, self.min_lrs)):
             raise ValueError(f"every param group's LR is at its floor {self.min_lrs}: lower min_lrs first")
         detector = copy.deepcopy(self.detector)
+        if self._converged:
+            detector.on_drop(self.factor)
         with deferred_signals():
             self.max_drops = max_drops
             if self._converged:
-                detector.on_drop(self.factor)
                 for group, lr in zip(self.optimizer.param_groups, groups.dropped(lrs, self.min_lrs, self.factor)):
                     groups.set_lr(group, lr)
                 self.detector, self.num_drops, self._converged = detector, self.num_drops + 1, False
