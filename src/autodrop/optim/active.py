@@ -133,7 +133,7 @@ def _check_like(name: str, value: Any, current: Any) -> None:
         raise TypeError(f"{name} must be a {type(current).__name__}, got {value!r}")
 
 
-def _check_param_state(where: str, state: Any, param: Tensor, needed: set[str]) -> None:
+def _check_param_state(where: str, state: Any, param: Tensor, needed: set[str], current: Mapping) -> None:
     """One parameter's saved state: the rule's and the base's tensors, and (once it has stepped) the
     ``needed`` state of a known base complete."""
     if not isinstance(state, Mapping):
@@ -148,6 +148,11 @@ def _check_param_state(where: str, state: Any, param: Tensor, needed: set[str]) 
             count = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
             if isinstance(count, bool) or not isinstance(count, (int, float)):
                 raise TypeError(f"{name} must be a step count (a number or a one-element tensor), got {value!r}")
+            if "step" in current and isinstance(current["step"], Tensor) != isinstance(value, Tensor):
+                # torch's Adam family would turn a number into a tensor: the load would not be the state given
+                raise TypeError(
+                    f"{name} must be a {type(current['step']).__name__} as the base keeps it, got {value!r}"
+                )
             if not float(check_real(name, count, "[0, inf)", "a whole number")).is_integer():
                 raise ValueError(f"{name} must be a whole number in [0, inf), got {value!r}")
             continue
@@ -408,7 +413,9 @@ class ActiveLR:
                     raise ValueError(f"{where}['params'][{position}] must be a unique parameter index, got {key!r}")
                 seen.add(key)
                 if key in saved_state:
-                    _check_param_state(f"state['state'][{key!r}]", saved_state[key], param, needed)
+                    _check_param_state(
+                        f"state['state'][{key!r}]", saved_state[key], param, needed, self.optimizer.state.get(param, {})
+                    )
         unknown = [key for key in saved_state if key not in seen]
         if unknown:
             raise ValueError(f"state['state'] has entries {unknown!r} for no parameter of the param groups")
