@@ -198,6 +198,15 @@ def test_step_takes_no_epoch_but_0_and_no_metric():
     assert scheduler.intervals == 0 and optimizer.param_groups[0]["lr"] == LR
 
 
+def test_get_lr_has_no_closed_form_and_get_last_lr_reports_the_lrs():
+    model, optimizer, scheduler = build(SCHEDULERS["AutoDrop"])
+    train_epoch(model, optimizer)
+    scheduler.step()  # AutoDrop's step never calls get_lr
+    with pytest.raises(NotImplementedError):
+        scheduler.get_lr()  # torch's base: AutoDrop's LRs follow measurements, not a formula
+    assert scheduler.get_last_lr() == [group["lr"] for group in optimizer.param_groups]
+
+
 def test_stepping_after_every_optimizer_step_warns_once_unless_that_is_intended():
     model, optimizer, scheduler = build(SCHEDULERS["AutoDrop"])
     with pytest.warns(RuntimeWarning, match="followed every optimizer step for 10 intervals") as caught:
